@@ -1,0 +1,1 @@
+"""What runs on the cluster: the training job (imports torch)."""

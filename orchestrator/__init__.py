@@ -1,0 +1,1 @@
+"""orch: plan, submit and resume detector fine-tuning on SLURM. Never imports torch."""
