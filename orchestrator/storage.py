@@ -17,13 +17,15 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import fsspec
 
+from orchestrator.errors import OrchError
+
 T = TypeVar("T")
 
 _storage_options: dict[str, dict[str, Any]] = {}
 _LOCAL_PROTOCOLS = {"file", "local"}
 
 
-class StorageError(RuntimeError):
+class StorageError(OrchError, RuntimeError):
     """A store could not be read or written; the message names the URL and the cause."""
 
 
