@@ -43,7 +43,12 @@ _COMMAND_MODULES = [
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # key=value overrides may follow options (`orch plan cfg.yml --gpus 16 a.b=1`)
+        if not hasattr(args, "overrides") or any("=" not in w or w.startswith("-") for w in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     try:
         return int(args.func(args) or 0)
     except OrchError as exc:

@@ -111,12 +111,28 @@ def basename(url: str) -> str:
     return posixpath.basename(url.rstrip("/"))
 
 
+# Client libraries whose own exception types reach us unwrapped: s3fs re-raises botocore's
+# connection errors (EndpointConnectionError, ReadTimeoutError ...) as they are, and these
+# subclass neither OSError nor RuntimeError. Matched by module so that botocore is not imported.
+_BACKEND_ERROR_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "urllib3")
+
+
+def _is_backend_error(exc: BaseException) -> bool:
+    if isinstance(exc, (OSError, ValueError, RuntimeError)):
+        return True
+    return type(exc).__module__.split(".", 1)[0] in _BACKEND_ERROR_MODULES
+
+
 def _wrap(url: str, action: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, RuntimeError) as exc:  # botocore errors subclass these too
+    except StorageError:
+        raise
+    except Exception as exc:
+        if not _is_backend_error(exc):
+            raise
         raise StorageError(f"could not {action} {url}: {type(exc).__name__}: {exc}") from exc
 
 
