@@ -1,0 +1,31 @@
+"""Preemption warnings: signal handlers only set a flag; the loop acts on it at an iteration boundary.
+
+Saving inside a handler can hang or corrupt a checkpoint (a known Lightning bug), so nothing
+else happens here. SLURM's early warning (``--signal=USR2@N``) and SIGTERM both count.
+"""
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGUSR1)
+
+# Exit code of a worker that checkpointed because it was asked to stop: "requeue me".
+EXIT_REQUEUE = 75  # EX_TEMPFAIL
+
+
+class PreemptionFlag:
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def install(self) -> "PreemptionFlag":
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None

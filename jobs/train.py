@@ -1,0 +1,70 @@
+"""The training job's entry point, started by torchrun:
+
+    torchrun --nproc-per-node N -m jobs.train RUN_DIR_OR_PLAN_JSON [--no-resume]
+
+Read the plan → set up the process group → build → resume_or_load → train → close.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from jobs import distributed
+from jobs.runlog import setup_console_logging
+from orchestrator import runs, storage
+from orchestrator.errors import OrchError
+
+log = logging.getLogger("orch.job")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="run dir (any fsspec URL) or its plan.json")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="refuse to resume: fail if the run already has a checkpoint")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    doc = runs.read_plan(args.run)
+    config = doc["config"]
+    storage.configure(config.get("storage_options"))
+    info = distributed.init_distributed(force_cpu=config["resources"].get("use_cpu", False))
+    setup_console_logging(info.rank)
+    from jobs.engine import Trainer  # torch-heavy imports after logging is set up
+
+    trainer = None
+    try:
+        trainer = Trainer(doc, info, resume=not args.no_resume)
+        if args.no_resume and trainer.checkpoints is not None and trainer.checkpoints.latest():
+            raise OrchError(f"run {doc['run_dir']} already has checkpoints and --no-resume was given")
+        log.info("run %s on %d process(es), device %s, backend %s", doc["run_name"], info.world_size,
+                 info.device, info.backend or "none")
+        trainer.resume_or_load()
+        state = trainer.train()
+        log.info("run %s: %s at iteration %d", doc["run_name"], state, trainer.iteration)
+        return 0
+    except OrchError as exc:
+        log.error("%s", exc)
+        _mark_failed(trainer, str(exc))
+        return 1
+    except Exception as exc:
+        _mark_failed(trainer, f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if trainer is not None:
+            trainer.close()
+        distributed.cleanup()
+
+
+def _mark_failed(trainer, message: str) -> None:
+    if trainer is not None and trainer.runlog.enabled:
+        trainer.runlog.status(state="FAILED", error=message)
+        trainer.runlog.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
