@@ -45,7 +45,7 @@ FINDING_KINDS: dict[str, tuple[str, str]] = {
     "degenerate_box": (WARNING, "boxes with zero or negative width or height (dropped)"),
     "tiny_box": (WARNING, "boxes under 1 px once clipped to the image, e.g. entirely outside it (dropped)"),
     "box_outside_image": (WARNING, "boxes extending past the image border (clipped)"),
-    "missing_area": (WARNING, "annotations without 'area' (COCO evaluation reads it; --fix fills w*h)"),
+    "missing_area": (WARNING, "annotations without a positive 'area' (COCO evaluation reads it; --fix sets w*h)"),
     "image_without_annotations": (WARNING, "images without any annotation (background images)"),
     "category_without_annotations": (WARNING, "categories that no annotation uses"),
 }
@@ -139,6 +139,9 @@ class CheckReport:
                 lines.extend(f"      {example}" for example in f.examples)
                 if f.count > len(f.examples):
                     lines.append(f"      ... and {f.count - len(f.examples)} more")
+                if f.kind == "missing_image" and f.count == self.num_images:
+                    lines.append(f"      none of the images exist: is {self.images_url} the folder that "
+                                 f"file_name is relative to?")
         lines.append("")
         lines.extend(_render_histogram(self.histogram))
         lines.append("")
@@ -281,8 +284,9 @@ def _check_bbox(report: CheckReport, ann: dict[str, Any], where: str, image: dic
     if bbox is None:
         report.add("malformed_bbox", f"{where}: bbox {_short(ann.get('bbox'))}")
         return
-    if "area" not in ann:
-        report.add("missing_area", f"{where}: no 'area'")
+    area = ann.get("area")
+    if isinstance(area, bool) or not isinstance(area, (int, float)) or not area > 0:
+        report.add("missing_area", f"{where}: area {area!r}")
     x, y, w, h = bbox
     if w <= 0 or h <= 0:
         report.add("degenerate_box", f"{where}: bbox {list(bbox)} has w={w:g}, h={h:g}")

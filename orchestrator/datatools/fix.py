@@ -32,7 +32,9 @@ def fix_dataset(ann_url: str, out_url: str, images_url: str | None = None) -> di
     dropped: Counter = Counter()
     categories = _fix_categories(coco.get("categories") or [], dropped)
     images = _fix_images(coco["images"], images_url, dropped)
-    annotations, changed = _fix_annotations(coco.get("annotations") or [], images, categories, dropped)
+    listed_image_ids = {i.get("id") for i in coco["images"] if isinstance(i, dict)}
+    annotations, changed = _fix_annotations(coco.get("annotations") or [], images, listed_image_ids,
+                                            categories, dropped)
 
     out = {k: v for k, v in coco.items() if k not in ("images", "annotations", "categories")}
     out.update(images=list(images.values()), annotations=annotations, categories=list(categories.values()))
@@ -92,7 +94,7 @@ def _fix_images(images: list[Any], images_url: str | None, dropped: Counter) -> 
     return kept
 
 
-def _fix_annotations(annotations: list[Any], images: dict[int, dict[str, Any]],
+def _fix_annotations(annotations: list[Any], images: dict[int, dict[str, Any]], listed_image_ids: set[Any],
                      categories: dict[int, dict[str, Any]], dropped: Counter):
     kept: list[dict[str, Any]] = []
     changed: Counter = Counter()
@@ -101,7 +103,8 @@ def _fix_annotations(annotations: list[Any], images: dict[int, dict[str, Any]],
             dropped["malformed_annotation"] += 1
             continue
         if ann["image_id"] not in images:
-            dropped["unknown_image_ref"] += 1  # includes refs to images dropped above
+            unknown = ann["image_id"] not in listed_image_ids
+            dropped["unknown_image_ref" if unknown else "annotation_of_dropped_image"] += 1
             continue
         if ann["category_id"] not in categories:
             dropped["unknown_category_ref"] += 1
