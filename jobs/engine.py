@@ -16,7 +16,7 @@ import torch
 from jobs import data as data_mod
 from jobs import distributed as dist_mod
 from jobs import evaluate, models
-from jobs.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from jobs.checkpoint import CheckpointManager, capture_rng_state, checkpoint_name, restore_rng_state
 from jobs.distributed import DistInfo
 from jobs.preemption import PreemptionFlag
 from jobs.runlog import Progress, RunLog, format_eta
@@ -46,9 +46,11 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=self.config["schedule"]["keep_last"],
                                              logger=log) if dist_info.is_main else None
 
-        self.train_data = data_mod.build_train_dataset(self.config, self.plan)
-        self.val_data = data_mod.build_val_dataset(self.config) if self.config["data"]["val"]["ann_file"] else None
-        num_classes = self.train_data.num_classes + 1  # + background
+        rank, world = dist_info.rank, dist_info.world_size
+        self.train_loader = data_mod.build_train_loader(self.config, self.plan, rank, world)
+        self.val_loader = (data_mod.build_val_loader(self.config, self.plan, rank, world)
+                           if self.config["data"]["val"]["ann_file"] else None)
+        num_classes = len(self.train_loader.dataset.category_ids) + 1  # + background
         self.model = models.build_model(self.config["model"], num_classes).to(self.device)
         self.ddp_model = self._wrap_ddp(self.model)
         self.optimizer = self._build_optimizer()
@@ -65,7 +67,7 @@ class Trainer:
     def _build_optimizer(self) -> torch.optim.Optimizer:
         opt = self.config["optimizer"]
         groups = models.param_groups(self.model, self.plan["lr"], opt["weight_decay"], opt["param_groups"],
-                                     norm_weight_decay=opt.get("norm_weight_decay"))
+                                     no_decay_norm_bias=opt.get("norm_weight_decay") == 0)
         if opt["name"] == "sgd":
             return torch.optim.SGD(groups, lr=self.plan["lr"], momentum=opt["momentum"],
                                    weight_decay=opt["weight_decay"])
@@ -139,8 +141,8 @@ class Trainer:
         while self.iteration < plan["max_iters"]:
             epoch, step = divmod(self.iteration, plan["iters_per_epoch"])
             if batches is None or step == 0:
-                batches = iter(data_mod.build_train_loader(self.train_data, self.config, plan, self.dist.rank,
-                                                          self.dist.world_size, epoch=epoch, start_step=step))
+                self.train_loader.batch_sampler.set_epoch(epoch, start_step=step)
+                batches = iter(self.train_loader)  # starts at (epoch, step): nothing is replayed
             data_start = time.perf_counter()
             images, targets = next(batches)
             data_time = time.perf_counter() - data_start
@@ -223,14 +225,15 @@ class Trainer:
 
     # ---------------------------------------------------------------- eval and checkpoints
     def evaluate_and_save(self) -> None:
-        if self.val_data is not None:
+        if self.val_loader is not None:
+            dataset = self.val_loader.dataset
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                result = evaluate.evaluate_dataset(self.model, self.val_data, self.config, self.plan,
-                                                   self.dist.rank, self.dist.world_size, self.device)
-            self.last_eval = {k: v for k, v in result.items() if isinstance(v, float)}
-            improved = self.best_metric is None or result["bbox_mAP"] > self.best_metric
+                result = evaluate.evaluate_model(self.model, self.val_loader, dataset.coco,
+                                                 dataset.label_to_cat_id, self.device)
+            self.last_eval = {k: float(v) for k, v in result["stats"].items()}
+            improved = self.best_metric is None or self.last_eval["bbox_mAP"] > self.best_metric
             if improved:
-                self.best_metric = result["bbox_mAP"]
+                self.best_metric = self.last_eval["bbox_mAP"]
             self._report_eval(result)
         else:
             improved = False
@@ -240,8 +243,8 @@ class Trainer:
     def _report_eval(self, result: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
-        self.runlog.info(f"Evaluation at iteration {self.iteration}:\n{result.get('summary', '')}")
-        metrics = {k: v for k, v in result.items() if isinstance(v, float)}
+        self.runlog.info(f"Evaluation at iteration {self.iteration}:\n{result['summary']}")
+        metrics = dict(self.last_eval)
         self.runlog.metrics({"type": "eval", "iteration": self.iteration, **metrics})
         self.runlog.scalars(metrics, self.iteration, "val")
         self.runlog.status(eval=metrics, best_bbox_mAP=self.best_metric)
@@ -254,7 +257,7 @@ class Trainer:
             self.checkpoints.save(state, self.iteration, best=best, final=final)
             if preempted or final:
                 self.checkpoints.wait()
-            self.runlog.status(latest_checkpoint=self.checkpoints.latest_saved())
+            self.runlog.status(latest_checkpoint=self.checkpoints.url(checkpoint_name(self.iteration)))
         if preempted:
             self.runlog.info(f"stop requested ({self.stop.signal_name or 'by another rank'}): checkpointed at "
                              f"iteration {self.iteration}; exiting so the job can be requeued")

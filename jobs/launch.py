@@ -1,0 +1,172 @@
+"""The per-node launcher: one per node (a SLURM task, or the local executor's process).
+
+It runs torchrun for this node's processes, passes preemption warnings on, and decides what
+happens when torchrun ends: done, failed (never requeued in a loop), or checkpointed after a
+warning → requeue (SLURM: ``scontrol requeue`` of this job; local: start torchrun again).
+Torch-free: it only starts processes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+from orchestrator import runs, storage
+
+RDZV_BASE_PORT = 29400
+FORWARDED_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+class SignalRelay:
+    """Replace submitit's handlers: remember the signal and pass it to torchrun's process group."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.child: subprocess.Popen | None = None
+
+    def install(self) -> "SignalRelay":
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        self.received.append(name)
+        print(f"[orch launch] got {name}: passing it to the workers", flush=True)
+        if self.child is not None and self.child.poll() is None:
+            forward = signal.SIGUSR2 if signum == signal.SIGUSR1 else signum
+            if signum == signal.SIGINT:
+                forward = signal.SIGTERM
+            try:
+                os.killpg(self.child.pid, forward)
+            except ProcessLookupError:
+                pass
+
+    @property
+    def warned(self) -> bool:
+        """A preemption / time-limit warning (not a cancel)."""
+        return any(name in ("SIGUSR2", "SIGUSR1") for name in self.received)
+
+
+def node_info() -> dict:
+    """This node's place in the allocation (SLURM, submitit local, or a plain shell)."""
+    env = os.environ
+    if "SLURM_JOB_ID" in env:
+        job_id = env.get("SLURM_ARRAY_JOB_ID") and f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" \
+            or env["SLURM_JOB_ID"]
+        nodes = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")))
+        hostnames = subprocess.run(["scontrol", "show", "hostnames", env.get("SLURM_JOB_NODELIST", "")],
+                                   capture_output=True, text=True).stdout.split() if nodes > 1 else []
+        return {"scheduler": "slurm", "job_id": job_id, "slurm_job_id": env["SLURM_JOB_ID"], "nodes": nodes,
+                "node_rank": int(env.get("SLURM_NODEID", "0")), "first_node": hostnames[0] if hostnames else None,
+                "restarts": int(env.get("SLURM_RESTART_COUNT", "0")), "global_task": int(env.get("SLURM_PROCID", "0"))}
+    return {"scheduler": "local", "job_id": env.get("SUBMITIT_LOCAL_JOB_ID", str(os.getpid())), "nodes": 1,
+            "node_rank": 0, "first_node": None, "restarts": 0, "global_task": 0}
+
+
+def torchrun_command(run_dir: str, nproc: int, info: dict) -> list[str]:
+    cmd = [sys.executable, "-m", "jobs.torchrun_wrapper", f"--nproc-per-node={nproc}", "--max-restarts=0",
+           # the agent leaves SIGTERM to the workers, which checkpoint and exit (jobs/torchrun_wrapper.py)
+           "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT"]
+    if info["nodes"] > 1:
+        numeric_id = int(str(info["job_id"]).split("_")[0]) + int(str(info["job_id"]).split("_")[-1]) \
+            if "_" in str(info["job_id"]) else int(info["job_id"])
+        port = RDZV_BASE_PORT + numeric_id % 1000
+        cmd += [f"--nnodes={info['nodes']}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={info['first_node']}:{port}", f"--rdzv-id=orch-{info['job_id']}",
+                "--rdzv-conf=join_timeout=300"]
+    else:
+        cmd += ["--standalone", "--nnodes=1"]
+    return cmd + ["-m", "jobs.train", run_dir]
+
+
+def read_job_state(run_dir: str) -> dict:
+    return runs.read_json(storage.join(run_dir, runs.STATUS_FILE), default={}) or {}
+
+
+def run_node(run_dir: str) -> str:
+    """Run this node's share of the job to its end; returns the final state or raises."""
+    doc = runs.read_plan(run_dir)
+    storage.configure(doc["config"].get("storage_options"))
+    plan, resources = doc["plan"], doc["config"]["resources"]
+    relay = SignalRelay().install()
+    info = node_info()
+    local_attempts = 0
+    while True:
+        cmd = torchrun_command(run_dir, plan["gpus_per_node"], info)
+        print(f"[orch launch] node {info['node_rank']}/{info['nodes']} job {info['job_id']} "
+              f"restart {info['restarts'] + local_attempts}: {' '.join(cmd)}", flush=True)
+        relay.child = subprocess.Popen(cmd, start_new_session=True)
+        code = _wait(relay.child)
+        state = read_job_state(run_dir).get("state")
+        print(f"[orch launch] torchrun exited with {code}; run state {state}", flush=True)
+        if state == "COMPLETED" and code == 0:
+            return "COMPLETED"
+        if state == "PREEMPTED" and relay.warned:
+            restarts = info["restarts"] + local_attempts
+            if restarts >= resources["max_requeues"]:
+                raise LaunchError(f"preempted {restarts + 1} times (resources.max_requeues={resources['max_requeues']}); "
+                                  f"not requeued again: `orch resume {doc['run_name']}` continues it")
+            if info["scheduler"] == "slurm":
+                if info["global_task"] == 0:
+                    _requeue_slurm(info["slurm_job_id"])
+                return "REQUEUED"
+            local_attempts += 1
+            relay.received.clear()
+            continue
+        if state == "PREEMPTED" or relay.received:
+            raise LaunchError(f"stopped by {', '.join(relay.received) or 'a signal'} after checkpointing "
+                              f"(state {state}); `orch resume {doc['run_name']}` continues it")
+        error = read_job_state(run_dir).get("error") or f"torchrun exited with code {code}"
+        raise LaunchError(f"training failed: {error}")
+
+
+def _wait(child: subprocess.Popen) -> int:
+    while True:
+        try:
+            return child.wait()
+        except InterruptedError:  # a signal arrived: keep waiting for the workers to checkpoint
+            continue
+
+
+def _requeue_slurm(job_id: str) -> None:
+    print(f"[orch launch] requeueing SLURM job {job_id}", flush=True)
+    result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise LaunchError(f"scontrol requeue {job_id} failed: {result.stderr.strip()}")
+    time.sleep(600)  # SLURM kills this allocation and starts it again
+
+
+class NodeEntry:
+    """The submitit callable (pickled by `orch submit`): runs :func:`run_node` on each node."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
+
+    def __call__(self) -> str:
+        return run_node(self.run_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m jobs.launch RUN_DIR", file=sys.stderr)
+        return 2
+    try:
+        print(json.dumps({"state": run_node(argv[0])}))
+        return 0
+    except LaunchError as exc:
+        print(f"[orch launch] {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

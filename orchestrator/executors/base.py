@@ -1,0 +1,132 @@
+"""The one executor interface: submit / status / cancel. SLURM and local fill it in."""
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.errors import OrchError
+
+# SLURM's state names; local runs report the same vocabulary.
+STATES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "REQUEUED",
+          "UNKNOWN")
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
+                 "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT")
+TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY",
+                   "BOOT_FAIL", "DEADLINE")
+
+JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SLURM_WORD_RE = re.compile(r"^[A-Za-z0-9._:+@%-]+$")
+SLURM_LIST_RE = re.compile(r"^[A-Za-z0-9._:+@%,\[\]-]+$")
+CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9._:+@%,\[\]&|*()-]+$")
+TIME_RE = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$|^\d+$")
+MEM_RE = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
+
+
+class SubmissionError(OrchError):
+    """A job that could not be submitted; SLURM's own words are kept verbatim."""
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What to run and with which resources; every field is validated before it reaches a script."""
+    run_name: str
+    run_dir: str
+    log_dir: str               # local (shared) directory for the scheduler's logs and pickles
+    nodes: int
+    gpus_per_node: int
+    time: str = "24:00:00"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    exclude: str | None = None
+    cpus_per_gpu: int = 4
+    mem_per_gpu: str | None = None
+    signal_delay_s: int = 120
+    max_requeues: int = 3
+    array_size: int | None = None      # sweeps: one job array of this many tasks
+    max_parallel: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_request(self)
+
+
+def _no_control_chars(label: str, value: str) -> None:
+    bad = [c for c in value if ord(c) < 0x20 or ord(c) == 0x7F]
+    if bad:
+        raise SubmissionError(f"{label} {value!r} contains a control character ({bad[0]!r}); a newline would "
+                              "end the #SBATCH line and inject the rest into the job script. Remove it.")
+
+
+def validate_request(req: JobRequest) -> None:
+    checks = [
+        ("--name", req.run_name, JOB_NAME_RE, "letters, digits, '.', '_' and '-', starting with a letter or digit"),
+        ("--partition", req.partition, SLURM_LIST_RE, "a partition name (or a comma-separated list)"),
+        ("--account", req.account, SLURM_WORD_RE, "an account name"),
+        ("--qos", req.qos, SLURM_WORD_RE, "a QOS name"),
+        ("--constraint", req.constraint, CONSTRAINT_RE, "a SLURM constraint expression"),
+        ("--exclude", req.exclude, SLURM_LIST_RE, "a node list such as node[01-04],node9"),
+        ("--time", req.time, TIME_RE, "D-HH:MM:SS, HH:MM:SS, MM:SS or minutes"),
+        ("--mem-per-gpu", req.mem_per_gpu, MEM_RE, "a size such as 32G or 64000M"),
+    ]
+    for label, value, pattern, expected in checks:
+        if value is None:
+            continue
+        _no_control_chars(label, str(value))
+        if not pattern.match(str(value)):
+            raise SubmissionError(f"{label} {value!r} is not valid: expected {expected}")
+    for label, value in (("run dir", req.run_dir), ("log dir", req.log_dir)):
+        _no_control_chars(label, value)
+    for label, value in (("nodes", req.nodes), ("GPUs per node", req.gpus_per_node),
+                         ("--cpus-per-gpu", req.cpus_per_gpu)):
+        if not isinstance(value, int) or value < 1:
+            raise SubmissionError(f"{label} must be a whole number >= 1, got {value!r}")
+
+
+def time_to_minutes(text: str) -> int:
+    """SLURM time formats to minutes: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
+    days = 0
+    if "-" in text:
+        day_text, text = text.split("-", 1)
+        days = int(day_text)
+        parts = [int(p) for p in text.split(":")]
+        hours, minutes, seconds = (parts + [0, 0, 0])[:3]
+    else:
+        parts = [int(p) for p in text.split(":")]
+        if len(parts) == 1:
+            hours, minutes, seconds = 0, parts[0], 0
+        elif len(parts) == 2:
+            hours, minutes, seconds = 0, parts[0], parts[1]
+        else:
+            hours, minutes, seconds = parts
+    return max(1, days * 1440 + hours * 60 + minutes + (1 if seconds else 0))
+
+
+@dataclass
+class Submitted:
+    job_id: str
+    executor: str
+    log_dir: str
+
+
+class Executor(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def submit(self, req: JobRequest) -> Submitted:
+        """Start the job (fire-and-forget) and return its id."""
+
+    @abc.abstractmethod
+    def status(self, job_id: str) -> dict[str, Any]:
+        """{"state": SLURM state name, "restarts": int, "nodes": [...]}; state UNKNOWN when forgotten."""
+
+    @abc.abstractmethod
+    def cancel(self, job_id: str) -> None:
+        """Stop the job; the job checkpoints on the way out where it can."""
+
+    def script(self, req: JobRequest) -> str:
+        """What would be submitted (for --dry-run)."""
+        return ""

@@ -1,0 +1,249 @@
+"""Submit, resume, cancel and inspect runs: the flows behind `orch submit/status/logs/cancel/resume`.
+
+submit: config → plan → (cheap data check) → run dir → executor.submit → submissions.json.
+Everything that can be wrong is checked before anything is submitted or written.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from orchestrator import planner, runs, storage
+from orchestrator.errors import OrchError
+from orchestrator.executors import JobRequest, get_executor
+from orchestrator.executors.base import ACTIVE_STATES
+
+CHECKPOINT_RE = re.compile(r"^iter_(\d{9})\.pth$")
+
+# CLI flag → resources key
+RESOURCE_FLAGS = ("gpus", "gpus_per_node", "nodes", "partition", "time", "account", "qos", "constraint",
+                  "exclude", "cpus_per_gpu", "mem_per_gpu", "executor")
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def log_dir_for(run_dir: str, run_name: str) -> str:
+    """Scheduler logs need a directory every node can write: the run dir when it is a file system."""
+    if storage.is_local(run_dir):
+        return storage.join(storage.local_path(run_dir), "logs")
+    root = os.environ.get("ORCH_LOG_ROOT") or os.path.join(os.path.expanduser("~"), ".cache", "orch", "logs")
+    return os.path.join(root, run_name)
+
+
+def job_request(doc: dict[str, Any], log_dir: str, **extra: Any) -> JobRequest:
+    plan, res = doc["plan"], doc["config"]["resources"]
+    return JobRequest(
+        run_name=doc["run_name"], run_dir=doc["run_dir"], log_dir=log_dir,
+        nodes=plan["nodes"], gpus_per_node=plan["gpus_per_node"], time=res["time"],
+        partition=res.get("partition"), account=res.get("account"), qos=res.get("qos"),
+        constraint=res.get("constraint"), exclude=res.get("exclude"), cpus_per_gpu=res["cpus_per_gpu"],
+        mem_per_gpu=res.get("mem_per_gpu"), signal_delay_s=res["signal_delay_s"],
+        max_requeues=res["max_requeues"], **extra)
+
+
+def cheap_data_check(config: dict[str, Any]) -> None:
+    """JSON-level dataset checks (no image reads) so a broken dataset fails in seconds, not on the cluster."""
+    try:
+        from orchestrator.datatools import check_dataset
+    except ImportError:
+        return
+    for split in ("train", "val"):
+        entry = config["data"][split]
+        if not entry.get("ann_file"):
+            continue
+        report = check_dataset(entry["ann_file"], entry.get("img_dir") or "", read_images=False)
+        if report.has_errors:
+            raise OrchError(f"data.{split}.ann_file {entry['ann_file']} would break training:\n"
+                            f"{report.summary(errors_only=True)}\nRun `orch data check {entry['ann_file']} "
+                            f"--images {entry.get('img_dir')}` for details, or `--fix OUT.json` for a cleaned copy.")
+
+
+@dataclass
+class Prepared:
+    doc: dict[str, Any]
+    plan: planner.Plan
+    request: JobRequest
+
+
+def prepare(config: dict[str, Any], run_name: str) -> Prepared:
+    """Plan and validate without writing anything (used by submit and --dry-run)."""
+    if not config["data"]["train"]["ann_file"]:
+        raise OrchError("data.train.ann_file is not set: point it at a COCO json")
+    plan = runs.build_plan(config)
+    run_dir = storage.join(config["work_dir"], runs.check_run_name(run_name))
+    doc = runs.plan_document(run_name, run_dir, plan, config)
+    request = job_request(doc, log_dir_for(run_dir, run_name))  # validates every sbatch-bound value
+    return Prepared(doc, plan, request)
+
+
+def submit(config: dict[str, Any], run_name: str, executor_name: str) -> dict[str, Any]:
+    prepared = prepare(config, run_name)
+    cheap_data_check(config)
+    executor = get_executor(executor_name)
+    doc = runs.create_run_dir(config["work_dir"], run_name, prepared.plan, config)
+    try:
+        submitted = executor.submit(prepared.request)
+    except Exception:
+        storage.remove(doc["run_dir"], recursive=True)  # we just made it: leave nothing behind
+        raise
+    record = {"run_name": run_name, "run_dir": doc["run_dir"], "attempts": []}
+    _append_attempt(record, submitted.job_id, executor_name, submitted.log_dir, "submit")
+    runs.write_json(storage.join(doc["run_dir"], runs.SUBMISSIONS_FILE), record)
+    return {"run_name": run_name, "run_dir": doc["run_dir"], "job_id": submitted.job_id,
+            "executor": executor_name, "log_dir": submitted.log_dir, "plan": prepared.plan}
+
+
+def _append_attempt(record: dict[str, Any], job_id: str, executor: str, log_dir: str, kind: str) -> None:
+    record["attempts"].append({"attempt": len(record["attempts"]) + 1, "job_id": job_id, "executor": executor,
+                               "log_dir": log_dir, "kind": kind, "submitted_at": now_iso()})
+
+
+# ---------------------------------------------------------------- finding runs
+
+def find_run(ref: str, work_dir: str | None = None) -> str:
+    """A run dir from a path/URL or a run name under work_dir (default: ./runs)."""
+    if storage.exists(storage.join(ref, runs.PLAN_FILE)):
+        return ref
+    base = work_dir or os.environ.get("ORCH_WORK_DIR") or storage.absolute("runs")
+    candidate = storage.join(base, ref)
+    if storage.exists(storage.join(candidate, runs.PLAN_FILE)):
+        return candidate
+    raise OrchError(f"no run {ref!r}: not a run dir, and not found under {base} "
+                    "(pass the run dir, or --work-dir where it lives)")
+
+
+def list_runs(work_dir: str) -> list[dict[str, Any]]:
+    rows = []
+    for name in storage.listdir(work_dir):
+        run_dir = storage.join(work_dir, name)
+        if storage.exists(storage.join(run_dir, runs.PLAN_FILE)):
+            rows.append(run_status(run_dir))
+    return rows
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The newest complete periodic checkpoint (its .done marker exists), torch-free."""
+    ckpt_dir = storage.join(run_dir, "checkpoints")
+    names = set(storage.listdir(ckpt_dir))
+    complete = sorted(n for n in names if CHECKPOINT_RE.match(n) and f"{n}.done" in names)
+    return storage.join(ckpt_dir, complete[-1]) if complete else None
+
+
+# ---------------------------------------------------------------- status
+
+def run_status(run_dir: str) -> dict[str, Any]:
+    doc = runs.read_plan(run_dir)
+    record = runs.read_json(storage.join(run_dir, runs.SUBMISSIONS_FILE), default={"attempts": []})
+    job = runs.read_json(storage.join(run_dir, runs.STATUS_FILE), default={}) or {}
+    attempts = record.get("attempts") or []
+    last = attempts[-1] if attempts else None
+    scheduler: dict[str, Any] = {"state": "UNKNOWN", "restarts": 0}
+    if last:
+        scheduler = get_executor(last["executor"]).status(last["job_id"])
+    state = combine_states(scheduler["state"], job.get("state"), bool(last and last.get("cancelled_at")))
+    return {
+        "run_name": doc["run_name"], "run_dir": run_dir, "state": state,
+        "job_id": last["job_id"] if last else None, "executor": last["executor"] if last else None,
+        "attempt": len(attempts) + int(scheduler.get("restarts") or 0),
+        "iteration": int(job.get("iteration") or 0), "max_iters": doc["plan"]["max_iters"],
+        "epoch": job.get("epoch"), "eta_s": job.get("eta_s") if state == "RUNNING" else None,
+        "latest_checkpoint": latest_checkpoint(run_dir), "metrics": job.get("metrics") or {},
+        "eval": job.get("eval") or {}, "best_bbox_mAP": job.get("best_bbox_mAP"),
+        "nodes": scheduler.get("nodes"), "error": job.get("error"), "updated_at": job.get("updated_at"),
+        "log_dir": last["log_dir"] if last else None,
+    }
+
+
+def combine_states(scheduler_state: str, job_state: str | None, cancelled: bool) -> str:
+    """One SLURM-vocabulary state from what the scheduler and the job itself report."""
+    if scheduler_state in ACTIVE_STATES:
+        return "CANCELLED" if cancelled and scheduler_state == "RUNNING" and job_state == "PREEMPTED" \
+            else scheduler_state
+    if cancelled:
+        return "COMPLETED" if job_state == "COMPLETED" else "CANCELLED"
+    if scheduler_state in ("FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY"):
+        return "COMPLETED" if job_state == "COMPLETED" else scheduler_state
+    # the scheduler says COMPLETED, ENDED (local) or has forgotten the job: the job's own word decides
+    if job_state in ("COMPLETED", "FAILED", "PREEMPTED"):
+        return job_state
+    if job_state == "RUNNING":
+        return "FAILED"  # it stopped without saying why (killed)
+    return "PENDING" if scheduler_state == "UNKNOWN" and job_state is None else "FAILED"
+
+
+# ---------------------------------------------------------------- cancel and resume
+
+def cancel(run_dir: str) -> dict[str, Any]:
+    status = run_status(run_dir)
+    if status["state"] not in ACTIVE_STATES:
+        raise OrchError(f"run {status['run_name']} is {status['state']}, not queued or running: nothing to cancel")
+    get_executor(status["executor"]).cancel(status["job_id"])
+    url = storage.join(run_dir, runs.SUBMISSIONS_FILE)
+    record = runs.read_json(url)
+    record["attempts"][-1]["cancelled_at"] = now_iso()
+    runs.write_json(url, record)
+    return status
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str) -> Iterator[None]:
+    """One resume at a time per run, across processes on this machine (the login node)."""
+    lock_root = os.environ.get("ORCH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "orch")
+    os.makedirs(os.path.join(lock_root, "locks"), exist_ok=True)
+    path = os.path.join(lock_root, "locks", hashlib.sha256(run_dir.encode()).hexdigest()[:24] + ".lock")
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OrchError(f"another `orch resume` of {run_dir} is in progress") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def resume(run_dir: str, executor_name: str | None = None) -> dict[str, Any]:
+    with run_lock(run_dir):
+        status = run_status(run_dir)
+        if status["state"] in ACTIVE_STATES:
+            raise OrchError(f"run {status['run_name']} is {status['state']} (job {status['job_id']}); "
+                            "it resumes by itself — `orch cancel` it first to resubmit")
+        if status["state"] == "COMPLETED":
+            raise OrchError(f"run {status['run_name']} is already COMPLETED")
+        doc = runs.read_plan(run_dir)
+        storage.configure(doc["config"].get("storage_options"))
+        name = executor_name or status["executor"] or doc["config"]["resources"]["executor"]
+        submitted = get_executor(name).submit(job_request(doc, log_dir_for(run_dir, doc["run_name"])))
+        url = storage.join(run_dir, runs.SUBMISSIONS_FILE)
+        record = runs.read_json(url, default={"run_name": doc["run_name"], "run_dir": run_dir, "attempts": []})
+        _append_attempt(record, submitted.job_id, name, submitted.log_dir, "resume")
+        runs.write_json(url, record)
+        return {"run_name": doc["run_name"], "job_id": submitted.job_id, "executor": name,
+                "from_checkpoint": status["latest_checkpoint"], "previous_state": status["state"]}
+
+
+# ---------------------------------------------------------------- logs
+
+def log_files(run_dir: str) -> list[tuple[str, str]]:
+    """(label, path) of every node's log of the current attempt, node order."""
+    record = runs.read_json(storage.join(run_dir, runs.SUBMISSIONS_FILE), default={"attempts": []})
+    if not record.get("attempts"):
+        return []
+    last = record["attempts"][-1]
+    log_dir, job_id = last["log_dir"], last["job_id"]
+    if not os.path.isdir(log_dir):
+        return []
+    files = sorted(f for f in os.listdir(log_dir) if f.startswith(f"{job_id}_") and f.endswith(".out"))
+    out = []
+    for name in files:
+        task = name[len(job_id) + 1:].split("_")[0]
+        out.append((f"node {task}", os.path.join(log_dir, name)))
+    return out
