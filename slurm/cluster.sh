@@ -241,11 +241,11 @@ teardown_network() {
     for node in "${TWO_NODES[@]}"; do
         i=$((i + 1))
         ns=$(netns_of "$node")
-        # Deleting the namespace destroys orchp$i and with it its peer orchv$i.
-        ip netns list | grep -qw "$ns" && ip netns del "$ns"
-        ip link show "orchv$i" >/dev/null 2>&1 && ip link del "orchv$i"
+        # Deleting the namespace destroys orchp$i and, asynchronously, its peer orchv$i.
+        if ip netns list | grep -qw "$ns"; then ip netns del "$ns" || true; fi
+        if ip link show "orchv$i" >/dev/null 2>&1; then ip link del "orchv$i" 2>/dev/null || true; fi
     done
-    ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
+    if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE" || true; fi
     if grep -q "$HOSTS_TAG" /etc/hosts; then
         # /etc/hosts may be a bind mount (containers): rewrite in place, never replace it.
         local kept
@@ -366,10 +366,11 @@ cmd_stop() {
     done
     pid=$(pid_from "$STATE_DIR/slurmctld.pid")
     if pid_alive "$pid"; then kill "$pid"; wait_gone "$pid" 10 || kill -9 "$pid" 2>/dev/null || true; fi
-    kill_leftover_stepds
-    stop_munge
-    teardown_network
-    remove_etc_config
+    # Best effort from here on: one failed step must not leave the others undone.
+    kill_leftover_stepds || log "warning: could not check for leftover slurmstepd processes"
+    stop_munge || log "warning: could not stop munged"
+    teardown_network || log "warning: network teardown incomplete"
+    remove_etc_config || log "warning: could not remove $ETC_DIR/slurm.conf"
     if [ "${ORCH_SLURM_KEEP:-0}" = 1 ]; then
         rm -f "$STATE_DIR/mode"
         log "stopped; state and logs kept in $STATE_DIR"
