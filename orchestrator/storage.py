@@ -45,7 +45,16 @@ def configure(storage_options: dict[str, Any] | None) -> None:
 
 
 def fs_cache_clear() -> None:
-    fsspec.AbstractFileSystem.clear_instance_cache()
+    """Forget cached filesystem instances (and their s3 clients), e.g. after credentials changed.
+
+    Each fsspec class keeps its own instance cache, so clearing AbstractFileSystem's alone
+    leaves S3FileSystem's in place.
+    """
+    pending = [fsspec.AbstractFileSystem]
+    while pending:
+        cls = pending.pop()
+        cls.clear_instance_cache()
+        pending.extend(cls.__subclasses__())
 
 
 def protocol(url: str) -> str:
@@ -136,19 +145,27 @@ def _wrap(url: str, action: str, fn: Callable[[], T]) -> T:
         raise StorageError(f"could not {action} {url}: {type(exc).__name__}: {exc}") from exc
 
 
-def exists(url: str) -> bool:
+def _uncached(url: str):
+    """(fs, path) with fsspec's listing cache for ``path`` dropped: s3fs answers ls/exists/info
+    from listings it cached earlier, which hides files that another process wrote since."""
     fs, path = filesystem(url)
+    fs.invalidate_cache(path)
+    return fs, path
+
+
+def exists(url: str) -> bool:
+    fs, path = _uncached(url)
     return _wrap(url, "check", lambda: fs.exists(path))
 
 
 def isdir(url: str) -> bool:
-    fs, path = filesystem(url)
+    fs, path = _uncached(url)
     return _wrap(url, "check", lambda: fs.isdir(path))
 
 
 def info(url: str) -> dict[str, Any]:
     """size plus a version tag (mtime or etag) for cache keys."""
-    fs, path = filesystem(url)
+    fs, path = _uncached(url)
     raw = _wrap(url, "stat", lambda: fs.info(path))
     version = raw.get("mtime") or raw.get("LastModified") or raw.get("ETag") or raw.get("created")
     return {"size": raw.get("size"), "version": str(version)}
@@ -237,7 +254,7 @@ def put_file(local_file: str, url: str) -> None:
 
 def listdir(url: str) -> list[str]:
     """Names (not paths) directly under ``url``; [] when it does not exist."""
-    fs, path = filesystem(url)
+    fs, path = _uncached(url)
     try:
         entries = _wrap(url, "list", lambda: fs.ls(path, detail=False))
     except FileNotFoundError:

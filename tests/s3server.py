@@ -153,7 +153,7 @@ class S3Server:
         finally:
             client.close()
 
-    def stop(self, timeout_s: float = 15.0) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM, then SIGKILL if it has not exited after ``timeout_s``."""
         proc, self._process = self._process, None
         if proc is not None and proc.poll() is None:
