@@ -53,13 +53,17 @@ MODEL_KEYS = ("name", "init_checkpoint", "min_size", "max_size", "kwargs", "trai
 _RESNET_STAGES = ["layer4", "layer3", "layer2", "layer1", "conv1"]
 
 
-def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
-    """A detector with ``num_classes`` outputs (background included), init checkpoint loaded.
+def build_model(model_cfg: dict[str, Any], num_classes: int, load_init: bool = False) -> nn.Module:
+    """A detector with ``num_classes`` outputs (background included).
 
     ``model_cfg``: ``name``; ``init_checkpoint`` (URL or null); ``min_size``/``max_size`` (null =
     torchvision's default; SSD models take one square ``min_size``); ``kwargs`` passed to the
     builder; ``trainable_backbone_layers`` and ``frozen_bn`` (null = torchvision's choice for a
     pretrained model when an init checkpoint is given, else everything trainable).
+
+    The init checkpoint only shapes the model here (frozen BN, frozen stages); the job's
+    ``resume_or_load`` loads it when there is nothing to resume, so a resumed run never reads it.
+    ``load_init=True`` loads it right away (tools, tests).
     """
     unknown = sorted(set(model_cfg) - set(MODEL_KEYS))
     if unknown:
@@ -92,7 +96,7 @@ def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
     if trainable is None:
         trainable = family.default_trainable if pretrained else family.max_trainable
     freeze_backbone_stages(model, name, int(trainable))
-    if init_checkpoint:
+    if init_checkpoint and load_init:
         load_init_checkpoint(model, str(init_checkpoint))
     return model
 
@@ -194,9 +198,9 @@ def load_init_checkpoint(model: nn.Module, url: str) -> dict[str, list]:
     report = {"loaded": sorted(loadable), "skipped": skipped,
               "missing": sorted(k for k in own if k not in loadable and k not in {s[0] for s in skipped}),
               "unexpected": sorted(unexpected)}
-    log.info("init checkpoint %s: loaded %d of %d model tensors; %d skipped (shape differs): %s; %d missing; "
-             "%d unexpected", url, len(report["loaded"]), len(own), len(skipped),
-             ", ".join(k for k, _, _ in skipped[:8]) + (" ..." if len(skipped) > 8 else ""),
+    shown = ", ".join(k for k, _, _ in skipped[:8]) + (" ..." if len(skipped) > 8 else "")
+    log.info("init checkpoint %s: loaded %d of %d model tensors; %d skipped (shape differs)%s; %d missing; "
+             "%d unexpected", url, len(report["loaded"]), len(own), len(skipped), f": {shown}" if skipped else "",
              len(report["missing"]), len(unexpected))
     if report["missing"]:
         log.info("init checkpoint %s: missing (fresh init) %s", url, report["missing"][:20])

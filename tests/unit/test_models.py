@@ -40,7 +40,7 @@ def test_finetune_from_a_91_class_checkpoint_skips_only_the_class_dependent_head
 
     with caplog.at_level(logging.INFO, logger="jobs.models"):
         target = models.build_model({"name": name, "init_checkpoint": url, "trainable_backbone_layers":
-                                     models.MODELS[name].max_trainable, "frozen_bn": False}, 4)
+                                     models.MODELS[name].max_trainable, "frozen_bn": False}, 4, load_init=True)
     fresh = models.build_model({"name": name}, 4)
     report = models.load_init_checkpoint(fresh, url)
 
@@ -76,7 +76,7 @@ def test_init_checkpoint_prepares_the_model_like_a_pretrained_torchvision_one(tm
     assert all(p.requires_grad for p in scratch.parameters())
     url = str(tmp_path / "init.pth")
     storage.write_bytes(url, _saved(scratch.state_dict()))
-    tuned = models.build_model({"name": FRCNN, "init_checkpoint": url}, 4)
+    tuned = models.build_model({"name": FRCNN, "init_checkpoint": url}, 4, load_init=True)
     body = tuned.backbone.body
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
     assert any(isinstance(m, FrozenBatchNorm2d) for m in body.modules())
@@ -88,6 +88,8 @@ def test_init_checkpoint_prepares_the_model_like_a_pretrained_torchvision_one(tm
     assert torch.equal(tuned.state_dict()[bn_key], scratch.state_dict()[bn_key])
     all_layers = models.build_model({"name": FRCNN, "init_checkpoint": url, "trainable_backbone_layers": 6}, 4)
     assert all(p.requires_grad for p in all_layers.backbone.body.parameters())
+    conv_key = "backbone.body.0.0.weight"  # without load_init the checkpoint is left to resume_or_load
+    assert not torch.equal(all_layers.state_dict()[conv_key], scratch.state_dict()[conv_key])
     with pytest.raises(ValueError, match="outside"):
         models.build_model({"name": FRCNN, "trainable_backbone_layers": 9}, 4)
 
