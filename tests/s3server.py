@@ -55,8 +55,23 @@ def pick_free_ports(count: int) -> list[int]:
     raise RuntimeError(f"could not find {count} free port pairs on 127.0.0.1")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to send SIGTERM when the parent dies (no-op elsewhere)."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 class S3Server:
-    """One ``weed mini`` process; ``stop()``/``start()`` restart it on the same data and ports."""
+    """One ``weed mini`` process; ``stop()``/``start()`` restart it on the same data and ports.
+
+    Call ``start()`` from the main thread: on Linux the server gets SIGTERM when the thread
+    that started it exits (so that a killed pytest leaves no server behind).
+    """
 
     def __init__(self, data_dir: str, *, bucket: str = "orch-test", access_key: str = "orchtestkey",
                  secret_key: str = "orchtestsecret", region: str = "us-east-1",
@@ -105,9 +120,10 @@ class S3Server:
             return self
         os.makedirs(os.path.join(self.data_dir, "data"), exist_ok=True)
         self._log_file = open(self.log_path, "ab")
-        # A process group of its own: Ctrl+C on pytest does not kill it half-way, we stop it.
+        # Same process group as pytest (a `timeout` or Ctrl+C reaches it too) and, on Linux, a
+        # SIGTERM when pytest dies without running fixture teardown: no orphaned servers.
         self._process = subprocess.Popen(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         try:
             self._wait_ready()
         except Exception:

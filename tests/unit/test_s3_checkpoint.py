@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 
@@ -101,16 +100,15 @@ def test_server_down_during_save_is_logged_and_harms_nothing(s3_server, run_dir,
 
 
 def test_save_succeeds_when_the_server_returns_while_retrying(s3_server, run_dir):
-    manager = CheckpointManager(run_dir, retry_attempts=8, retry_backoff_s=0.5)
+    manager = CheckpointManager(run_dir, retry_attempts=8, retry_backoff_s=0.5, async_save=True)
     s3_server.stop()
-    restarter = threading.Timer(1.0, s3_server.start)
-    restarter.start()
     try:
-        manager.save(make_state(1.0), 100)
-        assert manager.wait() is True
+        manager.save(make_state(1.0), 100)  # the upload thread starts failing and retrying
+        time.sleep(1.0)
+        assert manager.last_saved_url is None and manager.failed_saves == 0  # still retrying
     finally:
-        restarter.join()
-        s3_server.start()  # no-op when already running
+        s3_server.start()
+    assert manager.wait() is True
     assert manager.latest() == manager.url(checkpoint_name(100))
 
 
