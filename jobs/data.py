@@ -232,8 +232,9 @@ class DistributedGroupedBatchSampler:
     """Deterministic per-rank batches of ``(index, epoch)`` pairs; ``iters_per_epoch`` per epoch.
 
     ``iters_per_epoch = ceil(len(group_ids) / (world_size * batch_per_gpu))`` (the planner's
-    formula). Global batches are aspect-pure where possible; the last ones are filled by wrapping
-    around the permutation so every rank always gets a full batch.
+    formula). Global batches are aspect-pure where possible; the last one or two are padded with
+    other images of the same permutation (never one already in that batch, unless the dataset is
+    smaller than a global batch) so every rank always gets a full batch.
     """
 
     def __init__(self, group_ids: Sequence[int], batch_per_gpu: int, world_size: int, rank: int, seed: int,
