@@ -16,7 +16,7 @@ import torch
 from jobs import data as data_mod
 from jobs import distributed as dist_mod
 from jobs import evaluate, models
-from jobs.checkpoint import CheckpointManager, capture_rng_state, checkpoint_name, restore_rng_state
+from jobs.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from jobs.distributed import DistInfo
 from jobs.preemption import PreemptionFlag
 from jobs.runlog import Progress, RunLog, format_eta
@@ -51,7 +51,10 @@ class Trainer:
         self.val_loader = (data_mod.build_val_loader(self.config, self.plan, rank, world)
                            if self.config["data"]["val"]["ann_file"] else None)
         num_classes = len(self.train_loader.dataset.category_ids) + 1  # + background
+        seed = int(self.config["seed"])
+        seed_everything(seed)  # the same initial weights on every rank and in every run
         self.model = models.build_model(self.config["model"], num_classes).to(self.device)
+        seed_everything(seed * 1000 + 1 + rank)  # each rank's own stream for training-time randomness
         self.ddp_model = self._wrap_ddp(self.model)
         self.optimizer = self._build_optimizer()
         self.use_amp = self.device.type == "cuda" and self.config["schedule"]["amp"]
@@ -257,7 +260,7 @@ class Trainer:
             self.checkpoints.save(state, self.iteration, best=best, final=final)
             if preempted or final:
                 self.checkpoints.wait()
-            self.runlog.status(latest_checkpoint=self.checkpoints.url(checkpoint_name(self.iteration)))
+            self.runlog.status(latest_checkpoint=self.checkpoints.last_saved_url)
         if preempted:
             self.runlog.info(f"stop requested ({self.stop.signal_name or 'by another rank'}): checkpointed at "
                              f"iteration {self.iteration}; exiting so the job can be requeued")
@@ -287,6 +290,16 @@ class Trainer:
         self.runlog.status(state="FAILED", error=message)
         self.runlog.flush()
         raise TrainingError(message)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def _hparams(config: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:

@@ -45,15 +45,37 @@ class SignalRelay:
             forward = signal.SIGUSR2 if signum == signal.SIGUSR1 else signum
             if signum == signal.SIGINT:
                 forward = signal.SIGTERM
-            try:
-                os.killpg(self.child.pid, forward)
-            except ProcessLookupError:
-                pass
+            # torchrun starts each worker in a session of its own: signal every descendant
+            for pid in [self.child.pid] + descendants(self.child.pid):
+                try:
+                    os.kill(pid, forward)
+                except ProcessLookupError:
+                    pass
 
     @property
     def warned(self) -> bool:
         """A preemption / time-limit warning (not a cancel)."""
         return any(name in ("SIGUSR2", "SIGUSR1") for name in self.received)
+
+
+def descendants(root_pid: int) -> list[int]:
+    """Pids of every live descendant of ``root_pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, stack = [], [root_pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
 
 
 def node_info() -> dict:
@@ -104,7 +126,7 @@ def run_node(run_dir: str) -> str:
         cmd = torchrun_command(run_dir, plan["gpus_per_node"], info)
         print(f"[orch launch] node {info['node_rank']}/{info['nodes']} job {info['job_id']} "
               f"restart {info['restarts'] + local_attempts}: {' '.join(cmd)}", flush=True)
-        relay.child = subprocess.Popen(cmd, start_new_session=True)
+        relay.child = subprocess.Popen(cmd)
         code = _wait(relay.child)
         state = read_job_state(run_dir).get("state")
         print(f"[orch launch] torchrun exited with {code}; run state {state}", flush=True)

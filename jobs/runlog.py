@@ -141,3 +141,5 @@ def setup_console_logging(rank: int) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    for noisy in ("faster_coco_eval", "faster_coco_eval.core", "pycocotools"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
