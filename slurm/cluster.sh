@@ -47,7 +47,11 @@ require_root_and_binaries() {
     done
 }
 
-pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+pid_alive() {
+    # Zombies count as dead: daemons are reparented to PID 1, which may never reap them.
+    [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null \
+        && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
 pid_from() { [ -s "$1" ] && tr -dc 0-9 <"$1" || true; }
 
 running_mode() {
@@ -86,9 +90,9 @@ start_munge() {
     chmod 755 /run/munge
     # --force: start even when a stale socket/pid file of a killed munged is left behind.
     if [ "$owner" = munge ]; then
-        runuser -u munge -- munged --force
+        runuser -u munge -- munged --force 9>&-
     else
-        munged --force
+        munged --force 9>&-
     fi
     cp /run/munge/munged.pid "$STATE_DIR/munged.ours.pid"
     local i
@@ -161,24 +165,24 @@ render_config() {
         control_host=localhost
         control_addr=127.0.0.1
     fi
-    MODE="$mode" STATE="$STATE_DIR" CHOST="$control_host" CADDR="$control_addr" \
-        NODE_LINES="$node_lines" NODE_LIST="$node_list" GRES_LINES="$gres_lines" \
-        CPORT=$SLURMCTLD_PORT DPORT=$SLURMD_PORT python3 - "$HERE" "$STATE_DIR" <<'PY'
-import os, sys
-here, state = sys.argv[1:]
-subst = {"@MODE@": os.environ["MODE"] + (" node" if os.environ["MODE"] == "1" else " nodes"),
-         "@STATE_DIR@": os.environ["STATE"], "@CONTROL_HOST@": os.environ["CHOST"],
-         "@CONTROL_ADDR@": os.environ["CADDR"], "@NODE_LINES@": os.environ["NODE_LINES"].rstrip(),
-         "@NODE_LIST@": os.environ["NODE_LIST"], "@SLURMCTLD_PORT@": os.environ["CPORT"],
-         "@SLURMD_PORT@": os.environ["DPORT"]}
-for name in ("slurm.conf", "gres.conf"):
-    text = open(os.path.join(here, name + ".in")).read()
-    for key, value in subst.items():
-        text = text.replace(key, value)
-    if name == "gres.conf":
-        text = text.replace("@GRES_LINES@", os.environ["GRES_LINES"].rstrip())
-    open(os.path.join(state, name), "w").write(text)
-PY
+    local mode_text="$mode node"
+    [ "$mode" = 1 ] || mode_text+="s"
+    fill_template "$HERE/slurm.conf.in" >"$STATE_DIR/slurm.conf" \
+        "@MODE@=$mode_text" "@STATE_DIR@=$STATE_DIR" "@CONTROL_HOST@=$control_host" \
+        "@CONTROL_ADDR@=$control_addr" "@NODE_LINES@=${node_lines%$'\n'}" \
+        "@NODE_LIST@=$node_list" "@SLURMCTLD_PORT@=$SLURMCTLD_PORT" "@SLURMD_PORT@=$SLURMD_PORT"
+    fill_template "$HERE/gres.conf.in" >"$STATE_DIR/gres.conf" "@GRES_LINES@=${gres_lines%$'\n'}"
+}
+
+fill_template() {
+    # fill_template FILE @KEY@=VALUE...: the file with each @KEY@ replaced (values may span lines).
+    local text pair
+    text=$(<"$1")
+    shift
+    for pair in "$@"; do
+        text=${text//"${pair%%=*}"/"${pair#*=}"}
+    done
+    printf '%s\n' "$text"
 }
 
 install_etc_config() {
@@ -234,10 +238,21 @@ setup_network() {
             echo "$SUBNET.$((10 + i)) $node $HOSTS_TAG" >>/etc/hosts
         fi
     done
+    # With br_netfilter loaded (e.g. by Docker), bridged frames go through iptables FORWARD,
+    # whose policy Docker sets to DROP: let traffic between the two nodes pass.
+    if [ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null)" = 1 ] \
+        && command -v iptables >/dev/null \
+        && ! iptables -C FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null; then
+        iptables -I FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT
+        : >"$STATE_DIR/iptables.ours"
+    fi
 }
 
 teardown_network() {
     local i=0 node ns
+    if [ -e "$STATE_DIR/iptables.ours" ]; then
+        iptables -D FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null || true
+    fi
     for node in "${TWO_NODES[@]}"; do
         i=$((i + 1))
         ns=$(netns_of "$node")
@@ -258,16 +273,16 @@ teardown_network() {
 start_daemons() {
     local mode=$1 node
     # -i: ignore any saved state (a fresh cluster every start).
-    slurmctld -f "$CONF" -i
+    slurmctld -f "$CONF" -i 9>&-
     for node in $(node_names "$mode"); do
         if [ "$mode" = 2 ]; then
             # nsenter, not `ip netns exec`: the latter remounts /sys, which slurmd's cgroup
             # probing trips over. unshare --uts gives each node its own hostname, which
             # torchrun's c10d rendezvous needs to recognise its own endpoint.
             nsenter --net="/run/netns/$(netns_of "$node")" unshare --uts \
-                sh -c "hostname $node && exec slurmd -f '$CONF' -N $node"
+                sh -c "hostname $node && exec slurmd -f '$CONF' -N $node" 9>&-
         else
-            slurmd -f "$CONF" -N "$node"
+            slurmd -f "$CONF" -N "$node" 9>&-
         fi
     done
 }
@@ -325,8 +340,9 @@ cmd_start() {
         cmd_stop >/dev/null 2>&1 || true   # leftovers of a crashed run
     fi
     local other
-    other=$(pgrep -x slurmctld || true)
-    [ -z "$other" ] || die "another slurmctld (pid $other) is running; not starting a second one"
+    for other in $(pgrep -x slurmctld || true); do
+        pid_alive "$other" && die "another slurmctld (pid $other) is running; not starting a second one"
+    done
 
     mkdir -p "$STATE_DIR/log" "$STATE_DIR/ctld-state"
     echo "$mode" >"$STATE_DIR/mode"
@@ -413,6 +429,11 @@ main() {
     [ $# -ge 1 ] || usage
     local cmd=$1
     shift
+    if [ "$cmd" = start ] || [ "$cmd" = stop ]; then
+        # Two sessions starting/stopping at once would interleave; the lock file stays behind.
+        exec 9>>"$STATE_DIR.lock"
+        flock -w 300 9 || die "another cluster.sh start/stop holds $STATE_DIR.lock"
+    fi
     case $cmd in
         start) cmd_start "$@" ;;
         stop) cmd_stop ;;
