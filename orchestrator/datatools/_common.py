@@ -7,6 +7,7 @@ import posixpath
 from typing import Any
 
 from orchestrator import storage
+from orchestrator.cocofile import MIN_BOX_SIZE, clipped_box
 from orchestrator.errors import OrchError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -16,29 +17,54 @@ class DatasetError(OrchError, ValueError):
     """A dataset that a tool cannot read or write; the message names the file and the fix."""
 
 
+_NUMBER_TYPES = (int, float)  # compared with type(): JSON true/false must not pass as numbers
+
+
 def parse_bbox(bbox: Any) -> tuple[float, float, float, float] | None:
-    """COCO ``[x, y, w, h]`` as four finite floats, or None when the field is malformed."""
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+    """COCO ``[x, y, w, h]`` as four finite numbers, or None when the field is malformed.
+
+    Called once per annotation (a million times for COCO itself), hence the terse checks.
+    """
+    if type(bbox) not in (list, tuple) or len(bbox) != 4:
         return None
-    values = []
-    for v in bbox:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    x, y, w, h = bbox
+    if (type(x) not in _NUMBER_TYPES or type(y) not in _NUMBER_TYPES or type(w) not in _NUMBER_TYPES
+            or type(h) not in _NUMBER_TYPES):
+        return None
+    try:
+        if not math.isfinite(x + y + w + h):  # NaN and inf propagate through the sum
             return None
-        values.append(float(v))
-    return values[0], values[1], values[2], values[3]
+    except OverflowError:  # an integer too large for a float
+        return None
+    return x, y, w, h
 
 
 def is_int_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int
+
+
+def is_positive_number(value: Any) -> bool:
+    return type(value) in _NUMBER_TYPES and value > 0 and math.isfinite(value)
 
 
 def image_size_of(image: dict[str, Any]) -> tuple[float, float] | None:
     """(width, height) of a COCO image entry when both are positive numbers, else None."""
     w, h = image.get("width"), image.get("height")
-    for v in (w, h):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            return None
-    return float(w), float(h)
+    if is_positive_number(w) and is_positive_number(h):
+        return w, h
+    return None
+
+
+def box_in_image(bbox: tuple[float, float, float, float], width: float, height: float) -> list[float] | None:
+    """The box as [x, y, w, h] once clipped to the image (the training job's rule), None when dropped."""
+    x, y, w, h = bbox
+    if x >= 0 and y >= 0 and x + w <= width and y + h <= height and w >= MIN_BOX_SIZE and h >= MIN_BOX_SIZE:
+        return [x, y, w, h]  # the common case, without building a list per coordinate
+    clipped = clipped_box([x, y, w, h], width, height)
+    if clipped is None:
+        return None
+    x1, y1, x2, y2 = clipped
+    return [x1, y1, x2 - x1, y2 - y1]
 
 
 class ImageMissing(Exception):

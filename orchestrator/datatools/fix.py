@@ -19,9 +19,10 @@ from collections import Counter
 from typing import Any
 
 from orchestrator import storage
-from orchestrator.cocofile import clipped_box, load_coco
+from orchestrator.cocofile import load_coco
 from orchestrator.datatools._common import (
-    ImageMissing, image_size_of, is_int_id, parse_bbox, read_image_sizes, refuse_overwrite, write_json,
+    ImageMissing, box_in_image, image_size_of, is_int_id, is_positive_number, parse_bbox, read_image_sizes,
+    refuse_overwrite, write_json,
 )
 
 
@@ -99,7 +100,7 @@ def _fix_annotations(annotations: list[Any], images: dict[int, dict[str, Any]], 
     kept: list[dict[str, Any]] = []
     changed: Counter = Counter()
     for ann in annotations:
-        if not isinstance(ann, dict) or not is_int_id(ann.get("image_id")) or not is_int_id(ann.get("category_id")):
+        if type(ann) is not dict or not is_int_id(ann.get("image_id")) or not is_int_id(ann.get("category_id")):
             dropped["malformed_annotation"] += 1
             continue
         if ann["image_id"] not in images:
@@ -117,22 +118,20 @@ def _fix_annotations(annotations: list[Any], images: dict[int, dict[str, Any]], 
             dropped["degenerate_box"] += 1
             continue
         width, height = image_size_of(images[ann["image_id"]])
-        clipped = clipped_box(list(bbox), width, height)
-        if clipped is None:
+        new_bbox = box_in_image(bbox, width, height)
+        if new_bbox is None:
             dropped["tiny_box"] += 1
             continue
-        ann = dict(ann)
-        x1, y1, x2, y2 = clipped
-        new_bbox = [x1, y1, x2 - x1, y2 - y1]
-        if new_bbox != list(bbox):
+        clipped = new_bbox != list(bbox)
+        if clipped:
             ann["bbox"] = new_bbox
             changed["box_clipped"] += 1
         box_area = new_bbox[2] * new_bbox[3]
         area = ann.get("area")
-        if isinstance(area, bool) or not isinstance(area, (int, float)) or area <= 0:
+        if not is_positive_number(area):
             ann["area"] = box_area
             changed["area_filled"] += 1
-        elif area > box_area:
+        elif clipped and area > box_area:
             ann["area"] = box_area  # a clipped box cannot enclose more than itself
             changed["area_shrunk"] += 1
         kept.append(ann)

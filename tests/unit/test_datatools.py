@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -593,12 +594,17 @@ def test_data_cli_is_torch_free_and_fast():
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO_ROOT)
 
-    best_s = float("inf")
-    for _ in range(3):  # best of three: the machine is shared
+    # CPU seconds of the child (user + sys), best of three: wall time on a shared 2-core machine
+    # measures the neighbours; the CPU time is what `orch data check --help` itself costs.
+    best_cpu_s = best_wall_s = float("inf")
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "data", "check", "--help"],
                                 capture_output=True, text=True, env=env, cwd=REPO_ROOT)
-        best_s = min(best_s, time.perf_counter() - start)
+        best_wall_s = min(best_wall_s, time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        best_cpu_s = min(best_cpu_s, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
         assert result.returncode == 0, result.stderr
         assert "--images" in result.stdout and "--fix" in result.stdout
-    assert best_s < 0.5, f"orch data check --help took {best_s:.2f} s"
+    assert best_cpu_s < 0.5, f"orch data check --help used {best_cpu_s:.2f} s of CPU ({best_wall_s:.2f} s wall)"
