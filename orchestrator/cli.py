@@ -7,6 +7,7 @@ sets ``func`` to a callable taking the parsed args and returning an exit code.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from orchestrator.errors import OrchError
@@ -57,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("orch: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug of ours: still one paragraph, the traceback on request
+        if os.environ.get("ORCH_DEBUG"):
+            raise
+        print(f"orch: internal error: {type(exc).__name__}: {exc} (set ORCH_DEBUG=1 to see the traceback, "
+              "and please report it)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -60,9 +60,9 @@ def cheap_data_check(config: dict[str, Any]) -> None:
         if not entry.get("ann_file"):
             continue
         report = check_dataset(entry["ann_file"], entry.get("img_dir") or "", read_images=False)
-        if report.has_errors:
-            raise OrchError(f"data.{split}.ann_file {entry['ann_file']} would break training:\n"
-                            f"{report.summary(errors_only=True)}\nRun `orch data check {entry['ann_file']} "
+        if not report.ok:
+            problems = "; ".join(f"{f.count} × {f.description}" for f in report.errors)
+            raise OrchError(f"data.{split}.ann_file {entry['ann_file']} would break training: {problems}. Run `orch data check {entry['ann_file']} "
                             f"--images {entry.get('img_dir')}` for details, or `--fix OUT.json` for a cleaned copy.")
 
 
