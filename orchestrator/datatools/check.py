@@ -109,6 +109,17 @@ class CheckReport:
         """True when nothing would break training (warnings allowed)."""
         return not self.errors
 
+    def raise_for_errors(self) -> None:
+        """Raise a one-sentence DatasetError when something would break training (for `orch submit`)."""
+        if self.ok:
+            return
+        first = self.errors[0]
+        counts = ", ".join(f"{f.count} {f.kind}" for f in self.errors)
+        example = f" (e.g. {first.examples[0]})" if first.examples else ""
+        raise DatasetError(f"annotation file {self.ann_url} would break training: {counts}{example}; "
+                           f"`orch data check {self.ann_url}` lists them and `--fix OUT.json` writes a "
+                           f"cleaned copy")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "ann_url": self.ann_url, "images_url": self.images_url, "images_read": self.images_read,

@@ -18,7 +18,9 @@ import xml.etree.ElementTree as ElementTree
 from typing import Any
 
 from orchestrator import storage
-from orchestrator.datatools._common import DatasetError, list_files, read_image_size, write_json
+from orchestrator.datatools._common import (
+    DatasetError, ImageMissing, ImageUnreadable, list_files, read_image_size, write_json,
+)
 
 
 def convert_voc(src_dir: str, out_url: str, *, classes: list[str] | None = None) -> dict[str, Any]:
@@ -80,7 +82,7 @@ def _read_xml(url: str, images_dir: str) -> dict[str, Any]:
     if not width or not height:  # some exporters write 0: the image header knows
         try:
             width, height = read_image_size(storage.join(images_dir, file_name))
-        except Exception:
+        except (ImageMissing, ImageUnreadable):
             raise DatasetError(f"{url} has no usable <size> and the image {file_name} could not be read "
                                f"under {images_dir}: add <size><width>/<height> to the XML") from None
     objects = []

@@ -13,7 +13,7 @@ from PIL import Image
 
 from orchestrator import cli
 from orchestrator.datatools import (
-    ERROR, FINDING_KINDS, WARNING, DatasetError, check_dataset, convert_voc, convert_yolo, fix_dataset,
+    ERROR, FINDING_KINDS, WARNING, CheckReport, DatasetError, check_dataset, convert_voc, convert_yolo, fix_dataset,
     read_class_names, split_dataset,
 )
 from orchestrator.errors import OrchError
@@ -168,6 +168,16 @@ def test_check_renders_text_and_json(defects):
     assert {f["kind"]: f["count"] for f in data["errors"] + data["warnings"]} == {
         k: c for k, (c, _) in EXPECTED_FINDINGS.items()}
     assert all(f["severity"] == ERROR for f in data["errors"])
+
+
+def test_raise_for_errors_names_the_file_and_the_fix(defects):
+    ann_file, _, report = defects
+    with pytest.raises(DatasetError, match=r"would break training: 2 malformed_image, 1 malformed_category, .*--fix"):
+        report.raise_for_errors()
+    cheap = check_dataset(ann_file, None, read_images=False)  # what `orch submit` runs
+    with pytest.raises(DatasetError, match="defects.json would break training"):
+        cheap.raise_for_errors()
+    CheckReport(ann_file, None, False).raise_for_errors()  # nothing found: nothing raised
 
 
 def test_check_max_examples_caps_the_examples_not_the_count(defects):
@@ -421,6 +431,18 @@ def test_voc_explicit_classes_fix_the_order_and_reject_unknown_names(tmp_path):
         convert_voc(str(tmp_path), str(tmp_path / "out.json"), classes=["cat"])
 
 
+def test_voc_without_size_reads_the_image_header(tmp_path):
+    write_voc(str(tmp_path))
+    xml_path = tmp_path / "Annotations" / "two.xml"
+    xml_path.write_text(xml_path.read_text().replace("<width>100</width>", "<width>0</width>"))
+    convert_voc(str(tmp_path), str(tmp_path / "out.json"))
+    sizes = {i["file_name"]: (i["width"], i["height"]) for i in json.load(open(tmp_path / "out.json"))["images"]}
+    assert sizes["two.png"] == (100, 50)
+    os.remove(tmp_path / "JPEGImages" / "two.png")
+    with pytest.raises(DatasetError, match=r"two\.xml has no usable <size>"):
+        convert_voc(str(tmp_path), str(tmp_path / "out.json"))
+
+
 def test_read_class_names(tmp_path):
     assert read_class_names("a, b,c") == ["a", "b", "c"]
     (tmp_path / "names.txt").write_text("x\n\ny\n")
@@ -479,6 +501,18 @@ def test_split_does_not_depend_on_image_order(tmp_path):
     split_dataset(str(tmp_path / "reversed.json"), 0.3, 1, str(tmp_path / "t2.json"), str(tmp_path / "v2.json"))
     ids = [{i["id"] for i in json.load(open(tmp_path / f"v{k}.json"))["images"]} for k in (1, 2)]
     assert ids[0] == ids[1] and len(ids[0]) == 6
+
+
+def test_split_on_memory_urls():
+    from orchestrator import storage
+
+    root = "memory://datatools-split"
+    images = [{"id": i, "file_name": f"{i}.png", "width": 8, "height": 8} for i in range(10)]
+    storage.write_text(f"{root}/all.json", json.dumps({"images": images, "annotations": [],
+                                                       "categories": [{"id": 1, "name": "x"}]}))
+    summary = split_dataset(f"{root}/all.json", 0.5, 0, f"{root}/out/train.json", f"{root}/out/val.json")
+    assert summary["train"]["images"] == summary["val"]["images"] == 5
+    assert len(json.loads(storage.read_text(f"{root}/out/val.json"))["images"]) == 5
 
 
 @pytest.mark.parametrize("fraction", [0, 1, 1.5, -0.1])
