@@ -52,7 +52,7 @@ pid_alive() {
     [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null \
         && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
 }
-pid_from() { [ -s "$1" ] && tr -dc 0-9 <"$1" || true; }
+pid_from() { if [ -s "$1" ]; then tr -dc 0-9 <"$1"; fi; }
 
 running_mode() {
     # Prints the mode (1 or 2) of a running cluster in STATE_DIR, nothing if stopped.
@@ -398,15 +398,34 @@ cmd_stop() {
 
 kill_leftover_stepds() {
     # slurmstepd processes of this cluster keep their step sockets in our spool dirs; any still
-    # alive after scancel (e.g. slurmctld was already dead) are found by those open files.
-    local proc pid
+    # alive after scancel (e.g. slurmctld had died) are found by those open files and killed
+    # together with the job processes below them.
+    local proc fd stepds=() pid ppid victims=() changed
     for proc in /proc/[0-9]*; do
-        pid=${proc#/proc/}
         [ "$(cat "$proc/comm" 2>/dev/null)" = slurmstepd ] || continue
-        if ls -l "$proc/fd" 2>/dev/null | grep -q "$STATE_DIR/"; then
-            kill -9 "$pid" 2>/dev/null || true
-        fi
+        for fd in "$proc"/fd/*; do
+            if [[ "$(readlink "$fd" 2>/dev/null)" == "$STATE_DIR/"* ]]; then
+                stepds+=("${proc#/proc/}")
+                break
+            fi
+        done
     done
+    [ ${#stepds[@]} -gt 0 ] || return 0
+    victims=("${stepds[@]}")
+    changed=1
+    while [ "$changed" = 1 ]; do   # add descendants until the set stops growing
+        changed=0
+        for proc in /proc/[0-9]*; do
+            pid=${proc#/proc/}
+            ppid=$(awk '{print $4}' "$proc/stat" 2>/dev/null) || continue
+            if [[ " ${victims[*]} " == *" $ppid "* && " ${victims[*]} " != *" $pid "* ]]; then
+                victims+=("$pid")
+                changed=1
+            fi
+        done
+    done
+    log "killing leftover job processes: ${victims[*]}"
+    kill -9 "${victims[@]}" 2>/dev/null || true
 }
 
 cmd_status() {

@@ -28,7 +28,8 @@ fi
 echo "slurm/install.sh: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-# --no-install-recommends keeps out mailers and docs; the daemons must not be started by
-# the package scripts in containers without systemd, which policy-rc.d-less CI tolerates.
+# --no-install-recommends keeps out mailers and docs. Where systemd runs, the package scripts
+# may start munge (cluster.sh reuses a running munged); slurmd/slurmctld fail to start there
+# without a config, which is fine: cluster.sh starts its own.
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
 echo "slurm/install.sh: done; $(sinfo --version 2>/dev/null || true)"
