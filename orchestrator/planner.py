@@ -198,6 +198,8 @@ def format_plan(plan: Plan) -> str:
     lines = []
     for key, label in PLAN_TABLE_ROWS:
         value = values[key]
+        if key == "milestones_iters" and plan.lr_policy != "multistep":
+            value = "-"
         if isinstance(value, float):
             value = f"{value:.6g}"
         lines.append(f"  {label:<26} {value}")

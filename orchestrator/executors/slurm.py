@@ -23,7 +23,7 @@ def submitit_parameters(req: JobRequest) -> dict[str, Any]:
         "signal_delay_s": req.signal_delay_s,
         "additional_parameters": {"requeue": True},
         "stderr_to_stdout": True,
-        "wckey": "",
+        "wckey": "orch",
     }
     for key in ("partition", "account", "qos", "constraint", "exclude"):
         if getattr(req, key):

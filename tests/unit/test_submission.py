@@ -1,0 +1,132 @@
+"""Submission without a cluster: validation, the rendered sbatch script (golden), state rules.
+
+That submission really works is proven against the real SLURM cluster in tests/cluster/.
+"""
+import json
+import os
+import sys
+
+import pytest
+
+from orchestrator import cli, submission
+from orchestrator.executors.base import JobRequest, SubmissionError, time_to_minutes
+
+GOLDEN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "golden", "dry_run_slurm.txt")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def request(**kw):
+    base = dict(run_name="exp1", run_dir="/runs/exp1", log_dir="/runs/exp1/logs", nodes=2, gpus_per_node=8)
+    base.update(kw)
+    return JobRequest(**base)
+
+
+@pytest.mark.parametrize("field,value,fragment", [
+    ("run_name", "exp\n#SBATCH --uid=0", "control character"),
+    ("run_name", "bad name", "is not valid"),
+    ("run_name", "-starts-with-dash", "is not valid"),
+    ("partition", "dev\nrm -rf /", "control character"),
+    ("partition", "dev;reboot", "is not valid"),
+    ("account", "acct$(id)", "is not valid"),
+    ("qos", "high\tqos", "control character"),
+    ("exclude", "node1 node2", "is not valid"),
+    ("time", "forever", "is not valid"),
+    ("mem_per_gpu", "lots", "is not valid"),
+    ("run_dir", "/runs/a\nb", "control character"),
+    ("nodes", 0, "must be a whole number"),
+])
+def test_every_sbatch_bound_value_is_validated(field, value, fragment):
+    with pytest.raises(SubmissionError, match=fragment):
+        request(**{field: value})
+
+
+@pytest.mark.parametrize("partition,constraint,exclude", [
+    ("dev", "a100&ib", "node[01-04],node9"), ("dev,long", "v100|a100", None),
+])
+def test_valid_values_pass(partition, constraint, exclude):
+    request(partition=partition, constraint=constraint, exclude=exclude)
+
+
+@pytest.mark.parametrize("text,minutes", [
+    ("24:00:00", 1440), ("1-00:00:00", 1440), ("1-12:00:00", 2160), ("30", 30), ("10:30", 11), ("2-12", 3600), ("0:00:30", 1),
+])
+def test_time_to_minutes(text, minutes):
+    assert time_to_minutes(text) == minutes
+
+
+@pytest.mark.parametrize("scheduler,job,cancelled,expected", [
+    ("PENDING", None, False, "PENDING"),
+    ("RUNNING", "RUNNING", False, "RUNNING"),
+    ("REQUEUED", "PREEMPTED", False, "REQUEUED"),
+    ("COMPLETED", "COMPLETED", False, "COMPLETED"),
+    ("COMPLETED", "FAILED", False, "FAILED"),        # the launcher exited 0 but training said no
+    ("FAILED", "FAILED", False, "FAILED"),
+    ("CANCELLED", "PREEMPTED", False, "CANCELLED"),
+    ("TIMEOUT", "RUNNING", False, "TIMEOUT"),
+    ("ENDED", "COMPLETED", False, "COMPLETED"),      # local: the process is gone, the job's word decides
+    ("ENDED", "PREEMPTED", True, "CANCELLED"),
+    ("ENDED", "RUNNING", False, "FAILED"),           # killed without a word
+    ("UNKNOWN", "COMPLETED", False, "COMPLETED"),    # SLURM forgot the job
+])
+def test_combine_states(scheduler, job, cancelled, expected):
+    assert submission.combine_states(scheduler, job, cancelled) == expected
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    from orchestrator.synth import make_synthetic_dataset
+    make_synthetic_dataset(str(tmp_path / "data"), num_train=8, num_val=2, image_size=64, seed=0)
+    return str(tmp_path / "data")
+
+
+def dry_run(tiny_data, capsys, *extra):
+    args = ["submit", os.path.join(ROOT, "configs", "demo.yml"), "--dry-run", "--executor", "slurm",
+            "--name", "golden", "--gpus", "16", "--gpus-per-node", "8", "--partition", "dev", "--time", "1-00:00:00",
+            "--account", "vision", "--qos", "high", "--mem-per-gpu", "32G", "--exclude", "node[01-02]",
+            "work_dir=/shared/runs", f"data.train.ann_file={tiny_data}/train.json",
+            f"data.val.ann_file={tiny_data}/val.json", "data.batch_per_gpu=4", *extra]
+    code = cli.main(args)
+    out = capsys.readouterr().out
+    return code, out.replace(sys.executable, "<python>").replace(tiny_data, "<data>")
+
+
+def test_dry_run_matches_golden_file(tiny_data, capsys, tmp_path):
+    code, out = dry_run(tiny_data, capsys)
+    assert code == 0
+    if os.environ.get("ORCH_UPDATE_GOLDEN"):
+        with open(GOLDEN, "w") as f:
+            f.write(out)
+    with open(GOLDEN) as f:
+        assert out == f.read()
+    assert not os.path.exists("/shared/runs/golden")  # nothing written
+
+
+def test_dry_run_script_has_what_slurm_needs(tiny_data, capsys):
+    _, out = dry_run(tiny_data, capsys)
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --partition=dev", "#SBATCH --requeue", "#SBATCH --signal=USR2@120",
+                 "#SBATCH --job-name=golden", "#SBATCH --time=1440", "#SBATCH --account=vision",
+                 "#SBATCH --qos=high", "#SBATCH --mem-per-gpu=32G", "#SBATCH --exclude='node[01-02]'"):
+        assert line in out, line
+
+
+def test_newline_in_name_is_refused_before_anything_is_written(tiny_data, tmp_path, capsys):
+    code = cli.main(["submit", os.path.join(ROOT, "configs", "demo.yml"), "--executor", "slurm",
+                     "--name", "evil\n#SBATCH --uid=0", f"work_dir={tmp_path}/runs",
+                     f"data.train.ann_file={tiny_data}/train.json"])
+    assert code == 2
+    assert "is not valid" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def test_broken_dataset_fails_before_submission(tmp_path, capsys):
+    ann = tmp_path / "train.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 10}],
+                               "annotations": [{"id": 1, "image_id": 1, "category_id": 9, "bbox": [1, 1, 5, 5]},
+                                               {"id": 2, "image_id": 7, "category_id": 1, "bbox": [1, 1, 5, 5]}],
+                               "categories": [{"id": 1, "name": "a"}]}))
+    code = cli.main(["submit", os.path.join(ROOT, "configs", "demo.yml"), "--executor", "local",
+                     f"work_dir={tmp_path}/runs", f"data.train.ann_file={ann}", "data.val.ann_file=null"])
+    err = capsys.readouterr().err
+    assert code == 2 and "would break training" in err
+    assert not os.path.exists(tmp_path / "runs")
