@@ -80,7 +80,7 @@ HEADER_BLOCK_BYTES = 64 * 1024  # object stores: fetch this much per request, no
 
 def read_image_size(url: str) -> tuple[int, int]:
     """(width, height) from the image header only; raises ImageMissing / ImageUnreadable."""
-    from PIL import Image  # lazy: keeps `orch --help` fast
+    from PIL import Image, UnidentifiedImageError  # lazy: keeps `orch --help` fast
 
     try:
         if storage.is_local(url):
@@ -92,6 +92,8 @@ def read_image_size(url: str) -> tuple[int, int]:
             return img.size
     except FileNotFoundError:
         raise ImageMissing(url) from None
+    except UnidentifiedImageError:
+        raise ImageUnreadable("not an image format PIL can read (truncated or not an image?)") from None
     except Exception as exc:  # PIL's decode errors, a directory, a store's own error types: one image's problem
         raise ImageUnreadable(f"{type(exc).__name__}: {exc}") from None
 

@@ -144,6 +144,8 @@ def test_check_reports_nothing_else(defects):
 def test_check_examples_name_the_offender(defects):
     report = defects[2]
     assert "c.png" in report.findings["missing_image"].examples[0]
+    assert "d.png" in report.findings["unreadable_image"].examples[0]
+    assert "not an image format PIL can read" in report.findings["unreadable_image"].examples[0]
     assert "json says 60x60, the file is 50x50" in report.findings["size_mismatch"].examples[0]
     assert "annotation 2" in report.findings["box_outside_image"].examples[0]
     assert "image_id 99" in report.findings["unknown_image_ref"].examples[0]
