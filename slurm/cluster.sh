@@ -15,6 +15,7 @@
 # GPUs per node, default 4 for one node and 2 for two), ORCH_SLURM_KEEP=1 (stop keeps the
 # state dir with its logs).
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"   # the daemons live in sbin, which some root shells lack
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 STATE_DIR=${ORCH_SLURM_DIR:-/tmp/orch-slurm}
@@ -142,6 +143,8 @@ render_config() {
         cpus=${ORCH_SLURM_CPUS:-$((real_cpus > 8 ? real_cpus : 8))}
         gpus=${ORCH_SLURM_GPUS:-4}
     fi
+    [[ $cpus =~ ^[1-9][0-9]*$ ]] || die "ORCH_SLURM_CPUS must be a positive integer, got '$cpus'"
+    [[ $gpus =~ ^[1-9][0-9]*$ ]] || die "ORCH_SLURM_GPUS must be a positive integer, got '$gpus'"
     i=0
     for node in $nodes; do
         i=$((i + 1))
@@ -273,16 +276,16 @@ teardown_network() {
 start_daemons() {
     local mode=$1 node
     # -i: ignore any saved state (a fresh cluster every start).
-    slurmctld -f "$CONF" -i 9>&-
+    slurmctld -f "$CONF" -i 9>&- || return 1
     for node in $(node_names "$mode"); do
         if [ "$mode" = 2 ]; then
             # nsenter, not `ip netns exec`: the latter remounts /sys, which slurmd's cgroup
             # probing trips over. unshare --uts gives each node its own hostname, which
             # torchrun's c10d rendezvous needs to recognise its own endpoint.
             nsenter --net="/run/netns/$(netns_of "$node")" unshare --uts \
-                sh -c "hostname $node && exec slurmd -f '$CONF' -N $node" 9>&-
+                sh -c "hostname $node && exec slurmd -f '$CONF' -N $node" 9>&- || return 1
         else
-            slurmd -f "$CONF" -N "$node" 9>&-
+            slurmd -f "$CONF" -N "$node" 9>&- || return 1
         fi
     done
 }
@@ -351,15 +354,23 @@ cmd_start() {
     start_munge
     if [ "$mode" = 2 ]; then setup_network; fi
     install_etc_config
-    start_daemons "$mode"
-    wait_idle "$mode"
+    if ! start_daemons "$mode" || ! wait_idle "$mode"; then
+        log "start failed; stopping again (logs kept in $STATE_DIR/log)"
+        ORCH_SLURM_KEEP=1 cmd_stop
+        exit 1
+    fi
     log "running: $mode node(s), partition dev; $(SLURM_CONF=$CONF sinfo -h -N -p dev -o '%N' | tr '\n' ' ')"
     print_env
 }
 
 cmd_stop() {
     [ "$(id -u)" = 0 ] || die "must run as root"
-    [ -d "$STATE_DIR" ] || { log "not running"; return 0; }
+    if [ ! -d "$STATE_DIR" ]; then
+        teardown_network || true   # in case the state dir was deleted under a 2-node cluster
+        remove_etc_config || true
+        log "not running"
+        return 0
+    fi
     local mode pid node
     mode=$(cat "$STATE_DIR/mode" 2>/dev/null || echo 1)
     if pid_alive "$(pid_from "$STATE_DIR/slurmctld.pid")"; then

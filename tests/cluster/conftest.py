@@ -58,7 +58,8 @@ def _running_mode() -> int | None:
 def _skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "the local SLURM cluster needs root (daemons, /etc/slurm, network namespaces)"
-    missing = [name for name in REQUIRED_BINARIES if shutil.which(name) is None]
+    search_path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"   # as cluster.sh does
+    missing = [name for name in REQUIRED_BINARIES if shutil.which(name, path=search_path) is None]
     if missing:
         return f"SLURM/munge binaries missing: {', '.join(missing)}; run slurm/install.sh"
     return None
