@@ -58,6 +58,10 @@ def _clean_gt(coco_gt: dict[str, Any]) -> dict[str, Any]:
             "categories": [dict(c) for c in coco_gt["categories"]], "annotations": annotations}
 
 
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    pass
+
+
 def _run_cocoeval(gt: dict[str, Any], detections: list[dict[str, Any]], category_ids: Sequence[int],
                   backend: str):
     """(precision [T,R,K,A,M], stats[12]) from the chosen backend, its prints silenced."""
@@ -67,7 +71,7 @@ def _run_cocoeval(gt: dict[str, Any], detections: list[dict[str, Any]], category
 
             coco_gt = COCO(gt)
             coco_dt = coco_gt.loadRes(detections)
-            evaluator = COCOeval_faster(coco_gt, coco_dt, "bbox")
+            evaluator = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=_quiet)  # it logs at INFO
         else:
             from pycocotools.coco import COCO
             from pycocotools.cocoeval import COCOeval
