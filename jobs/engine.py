@@ -271,7 +271,7 @@ class Trainer:
     def finish(self) -> None:
         self.runlog.status(state="COMPLETED", iteration=self.iteration, best_bbox_mAP=self.best_metric)
         if self.dist.is_main and self.last_eval:
-            self.runlog.hparams(_hparams(self.config, self.plan), self.last_eval)
+            self.runlog.hparams(_hparams(self.config, self.plan, self.doc.get("sweep")), self.last_eval)
             self.runlog.info(f"final bbox mAP {self.last_eval.get('bbox_mAP', float('nan')):.4f} "
                              f"(mAP@0.5 {self.last_eval.get('bbox_mAP_50', float('nan')):.4f})")
 
@@ -302,9 +302,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _hparams(config: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
-    return {"model": config["model"]["name"], "optimizer": config["optimizer"]["name"], "lr": plan["lr"],
-            "base_lr": plan["base_lr"], "batch_per_gpu": plan["batch_per_gpu"],
-            "total_batch_size": plan["total_batch_size"], "max_iters": plan["max_iters"],
-            "lr_policy": plan["lr_policy"], "weight_decay": config["optimizer"]["weight_decay"]}
+def _hparams(config: dict[str, Any], plan: dict[str, Any], sweep: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's hyper-parameters for TensorBoard; a sweep's point adds its swept keys (dotted)."""
+    hparams = {"model": config["model"]["name"], "optimizer": config["optimizer"]["name"], "lr": plan["lr"],
+               "base_lr": plan["base_lr"], "batch_per_gpu": plan["batch_per_gpu"],
+               "total_batch_size": plan["total_batch_size"], "max_iters": plan["max_iters"],
+               "lr_policy": plan["lr_policy"], "weight_decay": config["optimizer"]["weight_decay"]}
+    if sweep:
+        hparams.update({"sweep": sweep["name"], "sweep_point": sweep["point"], **sweep["params"]})
+    return hparams
 

@@ -139,7 +139,9 @@ def run_node(run_dir: str) -> str:
                                   f"not requeued again: `orch resume {doc['run_name']}` continues it")
             if info["scheduler"] == "slurm":
                 if info["global_task"] == 0:
-                    _requeue_slurm(info["slurm_job_id"])
+                    # "<array>_<task>" in a job array: the task's plain id may be the array's own
+                    # id (the last task to start keeps it), and requeueing that requeues every task
+                    _requeue_slurm(info["job_id"])
                 return "REQUEUED"
             local_attempts += 1
             relay.received.clear()

@@ -9,6 +9,8 @@ import json
 import re
 from typing import Any
 
+import yaml
+
 from orchestrator import cocofile, planner, storage
 from orchestrator import config as config_mod
 from orchestrator.errors import OrchError
@@ -44,11 +46,16 @@ def new_run_name(prefix: str, now: dt.datetime | None = None) -> str:
     return check_run_name(f"{prefix}-{now.strftime('%Y%m%d-%H%M%S')}")
 
 
-def plan_document(run_name: str, run_dir: str, plan: planner.Plan, config: dict[str, Any]) -> dict[str, Any]:
-    """plan.json: the single input of the training job."""
+def plan_document(run_name: str, run_dir: str, plan: planner.Plan, config: dict[str, Any],
+                  sweep: dict[str, Any] | None = None) -> dict[str, Any]:
+    """plan.json: the single input of the training job.
+
+    A sweep's point also carries ``"sweep": {"name", "point", "params"}`` (the swept keys and
+    this point's values), which the job logs as TensorBoard hparams.
+    """
     plan_dict = plan.to_dict()
     safe_config = config_mod.redact_secrets(config)
-    return {
+    doc = {
         "version": 1,
         "run_name": run_name,
         "run_dir": run_dir,
@@ -56,18 +63,46 @@ def plan_document(run_name: str, run_dir: str, plan: planner.Plan, config: dict[
         "plan": plan_dict,
         "config": safe_config,
     }
+    if sweep is not None:
+        doc["sweep"] = sweep
+    return doc
 
 
-def create_run_dir(work_dir: str, run_name: str, plan: planner.Plan, config: dict[str, Any]) -> dict[str, Any]:
+def create_run_dir(work_dir: str, run_name: str, plan: planner.Plan, config: dict[str, Any],
+                   sweep: dict[str, Any] | None = None) -> dict[str, Any]:
     """Create ``<work_dir>/<run_name>`` with config.yml and plan.json; refuse to overwrite a run."""
     run_dir = storage.join(work_dir, check_run_name(run_name))
     if storage.exists(storage.join(run_dir, PLAN_FILE)):
         raise OrchError(f"run {run_dir} already exists; pick another --name or `orch resume {run_name}`")
-    doc = plan_document(run_name, run_dir, plan, config)
+    doc = plan_document(run_name, run_dir, plan, config, sweep=sweep)
     storage.makedirs(run_dir)
-    storage.write_text(storage.join(run_dir, CONFIG_FILE), config_mod.to_yaml(doc["config"]))
+    storage.write_text(storage.join(run_dir, CONFIG_FILE), _config_yaml(doc["config"]))
     write_json(storage.join(run_dir, PLAN_FILE), doc)
     return doc
+
+
+_SECTION_YAML: dict[str, str] = {}   # JSON of one top-level section → its YAML text
+
+
+def _config_yaml(config: dict[str, Any]) -> str:
+    """config.yml text, as config.to_yaml writes it, built section by section with a cache.
+
+    A sweep writes a thousand configs that differ in a key or two: the YAML representer is the slow
+    part (pure Python), so each top-level section is dumped once and reused (libyaml when present).
+    """
+    fast = getattr(yaml, "__with_libyaml__", False)
+    parts = []
+    for key, value in config.items():
+        cache_key = json.dumps([key, value], sort_keys=True, default=repr)
+        text = _SECTION_YAML.get(cache_key)
+        if text is None:
+            text = (yaml.dump({key: value}, Dumper=yaml.CSafeDumper, sort_keys=False, default_flow_style=False)
+                    if fast else config_mod.to_yaml({key: value}))
+            if len(_SECTION_YAML) > 1024:
+                _SECTION_YAML.clear()
+            _SECTION_YAML[cache_key] = text
+        parts.append(text)
+    return "".join(parts) if parts else config_mod.to_yaml(config)
 
 
 def write_json(url: str, data: Any) -> None:

@@ -139,15 +139,18 @@ def latest_checkpoint(run_dir: str) -> str | None:
 
 # ---------------------------------------------------------------- status
 
-def run_status(run_dir: str) -> dict[str, Any]:
+def run_status(run_dir: str, scheduler: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's state and progress; ``scheduler`` (the executor's status of its last job) saves
+    asking the executor again when the caller already has it (a sweep asks once for all points)."""
     doc = runs.read_plan(run_dir)
     record = runs.read_json(storage.join(run_dir, runs.SUBMISSIONS_FILE), default={"attempts": []})
     job = runs.read_json(storage.join(run_dir, runs.STATUS_FILE), default={}) or {}
     attempts = record.get("attempts") or []
     last = attempts[-1] if attempts else None
-    scheduler: dict[str, Any] = {"state": "UNKNOWN", "restarts": 0}
-    if last:
-        scheduler = get_executor(last["executor"]).status(last["job_id"])
+    if scheduler is None:
+        scheduler = {"state": "UNKNOWN", "restarts": 0}
+        if last:
+            scheduler = get_executor(last["executor"]).status(last["job_id"])
     state = combine_states(scheduler["state"], job.get("state"), bool(last and last.get("cancelled_at")))
     return {
         "run_name": doc["run_name"], "run_dir": run_dir, "state": state,

@@ -130,3 +130,15 @@ class Executor(abc.ABC):
     def script(self, req: JobRequest) -> str:
         """What would be submitted (for --dry-run)."""
         return ""
+
+    # Job arrays (sweeps): task i runs the launcher on the run dir ``run_dir_format % i``.
+    def submit_array(self, req: JobRequest, task_ids: list[int], run_dir_format: str) -> Submitted:
+        """Submit one job array over ``task_ids``; Submitted.job_id is the array's id."""
+        raise SubmissionError(f"the {self.name} executor cannot run job arrays (sweeps); use --executor slurm")
+
+    def array_script(self, req: JobRequest, task_ids: list[int], run_dir_format: str) -> str:
+        raise SubmissionError(f"the {self.name} executor cannot run job arrays (sweeps); use --executor slurm")
+
+    def array_status(self, array_job_id: str) -> dict[int, dict[str, Any]] | None:
+        """{task id: status()-like dict} for every task the scheduler knows; None if it forgot the array."""
+        raise SubmissionError(f"the {self.name} executor cannot run job arrays (sweeps)")
