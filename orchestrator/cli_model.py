@@ -1,0 +1,197 @@
+"""`orch eval | predict | export`: use a trained checkpoint. Parsing and printing only.
+
+The logic lives in :mod:`jobs.predict` and :mod:`jobs.export`, imported inside the handlers:
+they need torch, and ``orch --help`` must not wait for it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from orchestrator import storage
+from orchestrator.errors import OrchError
+
+CKPT_HELP = ("checkpoint (.pth, any URL), or a run dir / run name: its best.pth, else final.pth, else the latest "
+             "complete checkpoint")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="COCO bbox mAP of a checkpoint on an annotated image set",
+        description="Evaluate a checkpoint: the 12 COCO numbers and a per-class AP table. For a checkpoint "
+                    "in a run dir the model and the val set come from the run's plan.json.")
+    p.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
+    p.add_argument("--data", metavar="VAL.json", help="COCO annotation file (default: the run's data.val.ann_file)")
+    p.add_argument("--images", metavar="DIR", help="its image folder (default: the run's data.val.img_dir)")
+    p.add_argument("--batch", type=_positive_int, default=4, metavar="N", help="images per forward pass (default: 4)")
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="image-loading processes (default: 2)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_model_arguments(p, device=True)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "predict", help="detect objects in a folder of images; write COCO results (and drawings)",
+        description="Run a checkpoint on every image (jpg, png, bmp, webp, tif) directly in IMAGES_DIR (any "
+                    "URL). Writes a COCO results list with the original category ids; each entry also has "
+                    "file_name. Image ids are 1..N in file-name order, or those of --ann.")
+    p.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
+    p.add_argument("images", metavar="IMAGES_DIR", help="folder of images (local path or URL)")
+    p.add_argument("--out", required=True, metavar="PREDS.json", help="results file to write")
+    p.add_argument("--score-thr", type=float, default=0.3, metavar="S",
+                   help="keep detections scoring at least this (default: 0.3)")
+    p.add_argument("--batch", type=_positive_int, default=4, metavar="N", help="images per forward pass (default: 4)")
+    p.add_argument("--draw", metavar="OUT_DIR", help="also write each image with its boxes, labels and scores drawn")
+    p.add_argument("--ann", metavar="ANN.json",
+                   help="take image ids from this COCO file (by file_name), so the results can be scored against it")
+    _add_model_arguments(p, device=True)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "export", help="export a checkpoint to ONNX with post-processing (NMS) inside",
+        description="ONNX graph: images float32 [B,3,H,W] RGB in [0,1] -> boxes [N,4] (xyxy px), scores [N], "
+                    "labels [N] (1..K; category ids in the metadata), batch_index [N]. B is 1 unless "
+                    "--dynamic-batch. --check compares onnxruntime with torch on real images.")
+    p.add_argument("checkpoint", metavar="CKPT|RUN", help=CKPT_HELP)
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
+    p.add_argument("--opset", type=_positive_int, default=17, metavar="N", help="ONNX opset (default: 17)")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="accept any batch size (a Loop over the images; images of one batch share a size)")
+    p.add_argument("--out", metavar="PATH", help="file to write (default: the checkpoint's path with .onnx)")
+    p.add_argument("--check", action="store_true",
+                   help="run onnx.checker and compare onnxruntime with torch on real images; exit 1 if they disagree")
+    p.add_argument("--images", metavar="DIR", help="images for --check (default: the run's data.val.img_dir)")
+    p.add_argument("--check-images", type=_positive_int, default=4, metavar="N",
+                   help="how many images --check uses (default: 4)")
+    p.add_argument("--box-tol", type=float, default=0.05, metavar="PX",
+                   help="largest box coordinate difference --check accepts, in pixels (default: 0.05)")
+    _add_model_arguments(p, device=False)
+    p.set_defaults(func=cmd_export)
+
+
+def _add_model_arguments(p: argparse.ArgumentParser, device: bool) -> None:
+    group = p.add_argument_group("model (found from the run dir when the checkpoint is in one)")
+    group.add_argument("--config", metavar="CFG", help="the run's config (YAML): model and training data")
+    group.add_argument("--model", metavar="NAME", help="model name, for a checkpoint outside a run dir")
+    group.add_argument("--categories", metavar="TRAIN.json",
+                       help="the training annotation file: its categories map labels to category ids")
+    group.add_argument("--min-size", type=_positive_int, metavar="PX", help="override the model's input min_size")
+    group.add_argument("--max-size", type=_positive_int, metavar="PX", help="override the model's input max_size")
+    group.add_argument("--work-dir", help="where run names are looked up (default: ./runs or $ORCH_WORK_DIR)")
+    if device:
+        group.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _load(args: argparse.Namespace, fallback_categories: str | None = None, device: str | None = None):
+    from jobs.predict import load_model
+
+    loaded = load_model(args.checkpoint, model_name=args.model, config_file=args.config,
+                        categories_file=args.categories, fallback_categories_file=fallback_categories,
+                        min_size=args.min_size, max_size=args.max_size,
+                        device=device or getattr(args, "device", None), work_dir=args.work_dir)
+    return loaded
+
+
+def _val_split(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """--data/--images, else the run's (or --config's) data.val; read without torch."""
+    if args.data or args.images:
+        if not (args.data and args.images):
+            raise OrchError("pass both --data VAL.json and --images DIR (or neither, to use the run's val set)")
+        return storage.absolute(args.data), storage.absolute(args.images)
+    return None, None
+
+
+def _print_notes(notes: list[str]) -> None:
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    ann_file, img_dir = _val_split(args)
+    from jobs.predict import evaluate_checkpoint
+
+    loaded = _load(args, fallback_categories=ann_file)
+    if ann_file is None:
+        val = ((loaded.config or {}).get("data") or {}).get("val") or {}
+        ann_file, img_dir = val.get("ann_file"), val.get("img_dir")
+        if not (ann_file and img_dir):
+            raise OrchError(f"no val set for {loaded.checkpoint_url}: pass --data VAL.json --images DIR")
+    result = evaluate_checkpoint(loaded, ann_file, img_dir, batch_size=args.batch, workers=max(0, args.workers))
+    notes = loaded.notes + result["notes"]
+    if args.json:
+        print(json.dumps(_eval_json(loaded, result, ann_file, img_dir, notes), indent=2))
+        return 0
+    _print_notes(notes)
+    print(loaded.describe())
+    print(f"data       {ann_file} ({result['num_images']} images, {img_dir})")
+    print(result["summary"])
+    print(f"{result['num_detections']} detections on {result['num_images']} images in {result['seconds']:.1f} s "
+          f"({loaded.device}, {result['backend']})")
+    return 0
+
+
+def _eval_json(loaded, result: dict[str, Any], ann_file: str, img_dir: str, notes: list[str]) -> dict[str, Any]:
+    return {"checkpoint": loaded.checkpoint_url, "iteration": loaded.iteration, "model": loaded.name,
+            "num_classes": loaded.num_classes, "category_ids": loaded.category_ids,
+            "categories_from": loaded.categories_from, "ann_file": ann_file, "img_dir": img_dir,
+            "num_images": result["num_images"], "num_detections": result["num_detections"],
+            "stats": result["stats"], "per_class": [{"category": n, "AP": ap} for n, ap in result["per_class"]],
+            "backend": result["backend"], "seconds": result["seconds"], "notes": notes}
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from jobs.predict import predict_folder
+
+    loaded = _load(args, fallback_categories=args.ann)
+    _print_notes(loaded.notes)
+    out = storage.absolute(args.out)
+    draw_dir = storage.absolute(args.draw) if args.draw else None
+    summary = predict_folder(loaded, storage.absolute(args.images), out, score_thr=args.score_thr,
+                             batch_size=args.batch, draw_dir=draw_dir, image_ids_file=args.ann)
+    print(loaded.describe())
+    print(f"wrote {summary['out']}: {summary['detections']} detections (score >= {args.score_thr:g}) on "
+          f"{summary['images']} images, {summary['images_without_detections']} without any, in "
+          f"{summary['seconds']:.1f} s; category ids from {loaded.categories_from}")
+    if draw_dir:
+        print(f"drew {summary['images']} images into {draw_dir}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from jobs import export
+    from jobs.predict import list_images
+
+    loaded = _load(args, device="cpu")
+    _print_notes(loaded.notes)
+    check_dir = None
+    if args.check:  # find the images before the slow part
+        check_dir = args.images or (((loaded.config or {}).get("data") or {}).get("val") or {}).get("img_dir")
+        if not check_dir:
+            raise OrchError(f"--check needs images and {loaded.checkpoint_url} has no run val set: pass --images DIR")
+        check_dir = storage.absolute(check_dir)
+        names = list_images(check_dir)[:args.check_images]
+    ckpt = loaded.checkpoint_url
+    out = storage.absolute(args.out) if args.out else (ckpt[:-4] if ckpt.endswith(".pth") else ckpt) + ".onnx"
+    result = export.export_onnx(loaded, out, opset=args.opset, dynamic_batch=args.dynamic_batch)
+    print(loaded.describe())
+    batch = "B" if args.dynamic_batch else "1"
+    print(f"wrote {out} ({result['bytes'] / 1e6:.1f} MB, opset {args.opset}, {result['seconds']:.1f} s): images "
+          f"[{batch},3,H,W] -> boxes, scores, labels, batch_index")
+    if not args.check:
+        return 0
+    report = export.check_onnx(result["payload"], loaded, check_dir, names, dynamic_batch=args.dynamic_batch,
+                               box_tol_px=args.box_tol)
+    print("onnx.checker: OK")
+    print(report.render_text())
+    return 0 if report.ok else 1
