@@ -6,15 +6,19 @@ Parse, call orchestrator.sweep, print. `status` and `resume` are words in the CO
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
 import sys
+from typing import Any
 
 from orchestrator import config as config_mod
 from orchestrator import runs, storage, sweep
 from orchestrator.cli_core import add_config_arguments, split_overrides
 from orchestrator.cli_runs import add_resource_flags, resource_overrides
 from orchestrator.errors import OrchError
+from orchestrator.executors import get_executor
 
 ACTIONS = ("status", "resume")
 USAGE = """orch sweep CONFIG -p KEY=VALUES [-p ...] [--random N [--seed S]] [--max-parallel K] [--name NAME]
@@ -23,7 +27,7 @@ USAGE = """orch sweep CONFIG -p KEY=VALUES [-p ...] [--random N [--seed S]] [--m
        orch sweep resume SWEEP [--max-parallel K] [--work-dir DIR]"""
 DESCRIPTION = """Plan one run per point of a grid (-p key=a,b,c; every combination) or of a random search
 (--random N with -p key=loguniform(1e-4,1e-2) | uniform(a,b) | randint(a,b) | choice(a,b,c)),
-and submit them all as ONE SLURM job array (--array=0-(N-1)%%K). Values are read as YAML, like
+and submit them all as ONE SLURM job array (--array=0-(N-1)%K). Values are read as YAML, like
 overrides. Each point is a normal run dir <work_dir>/<sweep>/p000, ... (orch status/logs/resume
 work on it). Fire-and-forget: follow with `orch sweep status SWEEP`.
 
@@ -48,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group = p.add_argument_group("sweep status / resume")
     group.add_argument("--json", action="store_true", help="status: print JSON")
     group.add_argument("--csv", metavar="FILE", help="status: also write the table as CSV (path or URL)")
-    group.add_argument("--work-dir", help="where sweeps live, to find SWEEP by name (default: ./runs or $ORCH_WORK_DIR)")
+    group.add_argument("--work-dir", help="where sweeps live, to find SWEEP by name "
+                                          "(default: ./runs or $ORCH_WORK_DIR)")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -73,7 +78,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                                    max_parallel=args.max_parallel, hold=args.hold,
                                    fixed_keys=[config_mod.parse_override(o)[0] for o in overrides])
     if args.dry_run:
-        print(sweep.dry_run_text(prepared))
+        print(dry_run_text(prepared))
         return 0
     for warning in sorted({w for p in prepared.points for w in p.plan.warnings}):
         print(f"warning: {warning}", file=sys.stderr)
@@ -106,8 +111,8 @@ def _cmd_action(args: argparse.Namespace) -> int:
             raise OrchError("--max-parallel is for `orch sweep resume` or starting a sweep")
         status = sweep.sweep_status(sweep_dir)
         if args.csv:
-            sweep.write_csv(status, args.csv)
-        print(json.dumps(status, indent=2, default=str) if args.json else sweep.format_status(status))
+            write_csv(status, args.csv)
+        print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
         return 0
     if args.json or args.csv:
         raise OrchError("--json and --csv are for `orch sweep status`")
@@ -116,3 +121,76 @@ def _cmd_action(args: argparse.Namespace) -> int:
     print(f"resumed sweep {result['name']}: {len(result['points'])} point(s) as SLURM job array "
           f"{result['array_job_id']} (--array={result['array']}): {was}")
     return 0
+
+
+# ---------------------------------------------------------------- text
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+
+
+def format_points(prepared: sweep.PreparedSweep) -> str:
+    """The points with their swept values and each point's own plan (lr, batch, iterations)."""
+    keys = [spec.key for spec in prepared.specs]
+    rows = [[p.name, *(sweep.show_value(p.params[k]) for k in keys), f"{p.plan.lr:.6g}",
+             str(p.plan.total_batch_size), str(p.plan.iters_per_epoch), str(p.plan.max_iters),
+             str(p.plan.warmup_iters)] for p in prepared.points]
+    lines = table(["POINT", *keys, "lr", "total batch", "iters/epoch", "max iters", "warmup"], rows)
+    warned: dict[str, list[str]] = {}
+    for point in prepared.points:
+        for warning in point.plan.warnings:
+            warned.setdefault(warning, []).append(point.name)
+    lines += [f"warning ({', '.join(names)}): {warning}" for warning, names in warned.items()]
+    return "\n".join(lines)
+
+
+def describe(prepared: sweep.PreparedSweep) -> str:
+    n, first = len(prepared.points), prepared.points[0].plan
+    if prepared.mode == "grid":
+        shape = " × ".join(f"{s.key} ({len(s.args)})" for s in prepared.specs)
+        what = f"grid of {n} point{'s' * (n != 1)} over {shape}"
+    else:
+        drawn = ", ".join(f"{s.key} ~ {s.kind}({', '.join(map(sweep.show_value, s.args))})" if s.kind != "values"
+                          else f"{s.key} ∈ {{{', '.join(map(sweep.show_value, s.args))}}}" for s in prepared.specs)
+        what = f"random search: {n} point{'s' * (n != 1)} drawn with seed {prepared.seed} from {drawn}"
+    limit = (f"at most {prepared.max_parallel} running at a time" if prepared.max_parallel
+             else "no limit on running tasks")
+    res = prepared.request
+    partition = f", partition {res.partition}" if res.partition else ""
+    return (f"{what}\none job array of {n} task{'s' * (n != 1)} ({limit}); each point: {first.nodes} node(s) × "
+            f"{first.gpus_per_node} GPU(s), time {res.time}{partition}")
+
+
+def dry_run_text(prepared: sweep.PreparedSweep) -> str:
+    script = get_executor(prepared.executor).array_script(prepared.request, [p.index for p in prepared.points],
+                                                         prepared.run_dir_format)
+    return (f"sweep {prepared.name} → {prepared.sweep_dir}  (dry run: nothing submitted)\n"
+            f"{describe(prepared)}\n\n{format_points(prepared)}\n\n"
+            f"# {prepared.executor} submission script (one job array; task i runs "
+            f"{storage.join(prepared.sweep_dir, sweep.point_format(len(prepared.points)))} with i)\n\n{script}")
+
+
+def format_status(status: dict[str, Any]) -> str:
+    keys = status["parameters"]
+    rows = [[r["point"], *(sweep.show_value(r["params"].get(k)) for k in keys), r["state"],
+             f"{r['iteration']}/{r['max_iters']}",
+             f"{r['best_bbox_mAP']:.4f}" if r["best_bbox_mAP"] is not None else "-"] for r in status["points"]]
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(status["counts"].items()))
+    arrays = ", ".join(status["array_job_ids"]) or "-"
+    lines = [f"sweep {status['name']}: {len(rows)} points ({counts}); job array(s) {arrays}"]
+    lines += table(["POINT", *keys, "STATE", "ITER", "BEST mAP"], rows)
+    return "\n".join(lines)
+
+
+def write_csv(status: dict[str, Any], url: str) -> None:
+    keys = status["parameters"]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["point", *keys, "state", "iteration", "max_iters", "best_bbox_mAP", "bbox_mAP", "job_id",
+                     "attempt", "run_dir"])
+    for r in status["points"]:
+        writer.writerow([r["point"], *(sweep.show_value(r["params"].get(k)) for k in keys), r["state"],
+                         r["iteration"], r["max_iters"], r["best_bbox_mAP"], r["bbox_mAP"], r["job_id"], r["attempt"],
+                         r["run_dir"]])
+    storage.write_text(url, out.getvalue())

@@ -81,7 +81,8 @@ def _number(value: Any, what: str, text: str, integer: bool = False) -> float:
 
 
 def parse_param(text: str) -> ParamSpec:
-    """One ``-p KEY=SPEC``: ``a,b,c``, ``choice(a,b)``, ``uniform(lo,hi)``, ``loguniform(lo,hi)``, ``randint(lo,hi)``."""
+    """One ``-p KEY=SPEC``: ``a,b,c``, ``choice(a,b)``, ``uniform(lo,hi)``, ``loguniform(lo,hi)``,
+    ``randint(lo,hi)`` (both ends included)."""
     if "=" not in text:
         raise SweepError(f"-p {text!r} must look like key=v1,v2,... or key=loguniform(low,high) "
                          "(e.g. -p optimizer.base_lr=0.01,0.02)")
@@ -461,74 +462,3 @@ def resume_sweep(sweep_dir: str, max_parallel: int | None = None) -> dict[str, A
         return {"name": doc["name"], "array_job_id": submitted.job_id, "array": entry["array"],
                 "points": [doc["points"][i]["name"] for i in todo],
                 "previous_states": {doc["points"][i]["name"]: previous[i] for i in todo}}
-
-
-# ---------------------------------------------------------------- text for the CLI
-
-def format_points(prepared: PreparedSweep) -> str:
-    """The points with their swept values and each point's own plan (lr, batch, iterations)."""
-    keys = [spec.key for spec in prepared.specs]
-    header = ["POINT", *keys, "lr", "total batch", "iters/epoch", "max iters", "warmup"]
-    rows = [[p.name, *(show_value(p.params[k]) for k in keys), f"{p.plan.lr:.6g}", str(p.plan.total_batch_size),
-             str(p.plan.iters_per_epoch), str(p.plan.max_iters), str(p.plan.warmup_iters)] for p in prepared.points]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    warned: dict[str, list[str]] = {}
-    for point in prepared.points:
-        for warning in point.plan.warnings:
-            warned.setdefault(warning, []).append(point.name)
-    lines += [f"warning ({', '.join(names)}): {warning}" for warning, names in warned.items()]
-    return "\n".join(lines)
-
-
-def describe(prepared: PreparedSweep) -> str:
-    n, first = len(prepared.points), prepared.points[0].plan
-    if prepared.mode == "grid":
-        shape = " × ".join(f"{s.key} ({len(s.args)})" for s in prepared.specs)
-        what = f"grid of {n} point{'s' * (n != 1)} over {shape}"
-    else:
-        drawn = ", ".join(f"{s.key} ~ {s.kind}({', '.join(map(show_value, s.args))})" if s.kind != "values"
-                          else f"{s.key} ∈ {{{', '.join(map(show_value, s.args))}}}" for s in prepared.specs)
-        what = f"random search: {n} point{'s' * (n != 1)} drawn with seed {prepared.seed} from {drawn}"
-    limit = f"at most {prepared.max_parallel} running at a time" if prepared.max_parallel else "no limit on running tasks"
-    res = prepared.request
-    return (f"{what}\none job array of {n} task{'s' * (n != 1)} ({limit}); each point: {first.nodes} node(s) × "
-            f"{first.gpus_per_node} GPU(s), time {res.time}" + (f", partition {res.partition}" if res.partition else ""))
-
-
-def dry_run_text(prepared: PreparedSweep) -> str:
-    script = get_executor(prepared.executor).array_script(prepared.request, [p.index for p in prepared.points],
-                                                         prepared.run_dir_format)
-    return (f"sweep {prepared.name} → {prepared.sweep_dir}  (dry run: nothing submitted)\n"
-            f"{describe(prepared)}\n\n{format_points(prepared)}\n\n"
-            f"# {prepared.executor} submission script (one job array; task i runs "
-            f"{storage.join(prepared.sweep_dir, point_format(len(prepared.points)))} with i)\n\n{script}")
-
-
-def format_status(status: dict[str, Any]) -> str:
-    keys = status["parameters"]
-    header = ["POINT", *keys, "STATE", "ITER", "BEST mAP"]
-    rows = [[r["point"], *(show_value(r["params"].get(k)) for k in keys), r["state"],
-             f"{r['iteration']}/{r['max_iters']}",
-             f"{r['best_bbox_mAP']:.4f}" if r["best_bbox_mAP"] is not None else "-"] for r in status["points"]]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    counts = ", ".join(f"{n} {state}" for state, n in sorted(status["counts"].items()))
-    arrays = ", ".join(status["array_job_ids"]) or "-"
-    lines = [f"sweep {status['name']}: {len(rows)} points ({counts}); job array(s) {arrays}"]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    return "\n".join(lines)
-
-
-def write_csv(status: dict[str, Any], url: str) -> None:
-    import csv
-    import io
-
-    keys = status["parameters"]
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["point", *keys, "state", "iteration", "max_iters", "best_bbox_mAP", "bbox_mAP", "job_id",
-                     "attempt", "run_dir"])
-    for r in status["points"]:
-        writer.writerow([r["point"], *(show_value(r["params"].get(k)) for k in keys), r["state"], r["iteration"],
-                         r["max_iters"], r["best_bbox_mAP"], r["bbox_mAP"], r["job_id"], r["attempt"], r["run_dir"]])
-    storage.write_text(url, out.getvalue())

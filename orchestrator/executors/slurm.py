@@ -76,6 +76,9 @@ class SlurmExecutor(Executor):
     def status(self, job_id: str) -> dict[str, Any]:
         result = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
         if result.returncode != 0:
+            if "_" in job_id and self.array_status(job_id.split("_")[0]) is not None:
+                # SLURM drops a job-array task cancelled before it started, but still knows the array
+                return {"state": "CANCELLED", "restarts": 0, "detail": "cancelled before it started"}
             return {"state": "UNKNOWN", "restarts": 0, "detail": result.stderr.strip()}
         states = SCONTROL_STATE_RE.findall(result.stdout)
         if not states:
