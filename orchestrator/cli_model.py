@@ -146,7 +146,9 @@ def _eval_json(loaded, result: dict[str, Any], ann_file: str, img_dir: str, note
             "num_classes": loaded.num_classes, "category_ids": loaded.category_ids,
             "categories_from": loaded.categories_from, "ann_file": ann_file, "img_dir": img_dir,
             "num_images": result["num_images"], "num_detections": result["num_detections"],
-            "stats": result["stats"], "per_class": [{"category": n, "AP": ap} for n, ap in result["per_class"]],
+            "stats": result["stats"],
+            "per_class": [{"category": n, "AP": None if ap != ap else ap}  # NaN (no ground truth) is not JSON
+                          for n, ap in result["per_class"]],
             "backend": result["backend"], "seconds": result["seconds"], "notes": notes}
 
 
@@ -173,6 +175,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from jobs.predict import list_images
 
     loaded = _load(args, device="cpu")
+    if loaded.category_ids is None:
+        loaded.notes.append("the category ids are unknown, so the metadata will not map labels 1..K to them; pass "
+                            "--categories TRAIN.json to record them")
     _print_notes(loaded.notes)
     check_dir = None
     if args.check:  # find the images before the slow part

@@ -25,7 +25,7 @@ from orchestrator import cli, runs, storage
 from orchestrator.config import load_config
 from orchestrator.synth import make_synthetic_dataset
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SSDLITE = "ssdlite320_mobilenet_v3_large"
 FRCNN = "fasterrcnn_mobilenet_v3_large_320_fpn"
@@ -231,7 +231,6 @@ def test_export_ssdlite_matches_torch(ssd_run, tmp_path, capsys, dynamic_batch):
     _assert_onnx_interface(out, dynamic_batch)
 
 
-@pytest.mark.e2e
 def test_export_fasterrcnn_with_a_dynamic_batch_matches_torch(frcnn_run, dataset, tmp_path, capsys):
     out = str(tmp_path / "frcnn.onnx")
     code, text, err = orch(capsys, "export", frcnn_run["checkpoint"], "--check", "--dynamic-batch", "--out", out,
@@ -239,7 +238,7 @@ def test_export_fasterrcnn_with_a_dynamic_batch_matches_torch(frcnn_run, dataset
     assert code == 0, text + err
     diff = _max_box_diff(text)
     print(f"fasterrcnn export --check (dynamic batch): max box diff {diff} px")
-    assert diff < 1e-2
+    assert diff < 5e-3  # RoIAlign's bilinear sampling passes on float rounding a little more than SSD's heads
     _assert_onnx_interface(out, True)
 
 
@@ -270,3 +269,15 @@ def test_export_check_fails_when_onnxruntime_disagrees(ssd_run, dataset, tmp_pat
     code, text, err = orch(capsys, "export", ssd_run["checkpoint"], "--check", "--check-images", 2,
                            "--out", str(tmp_path / "x.onnx"))
     assert code == 1 and "check MISMATCH" in text
+
+
+def test_predict_reads_and_writes_any_storage_url(ssd_run, dataset, capsys):
+    val_dir = dataset["val"]["img_dir"]
+    for name in sorted(os.listdir(val_dir))[:2]:
+        storage.write_bytes(f"memory://model-cli/val/{name}", storage.read_bytes(os.path.join(val_dir, name)))
+    code, out, err = orch(capsys, "predict", ssd_run["run_dir"], "memory://model-cli/val", "--out",
+                          "memory://model-cli/out/preds.json", "--score-thr", 0.2, "--draw", "memory://model-cli/drawn")
+    assert code == 0, err
+    detections = json.loads(storage.read_text("memory://model-cli/out/preds.json"))
+    assert {d["file_name"] for d in detections} <= {"000000.jpg", "000001.jpg"} and detections
+    assert storage.listdir("memory://model-cli/drawn") == ["000000.jpg", "000001.jpg"]
