@@ -7,9 +7,11 @@ Torch-free: it only starts processes.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +20,10 @@ from types import FrameType
 from orchestrator import runs, storage
 
 RDZV_BASE_PORT = 29400
+RDZV_PORTS = 1000          # rendezvous ports RDZV_BASE_PORT .. +999 on a job's first node
+RDZV_PORTS_PER_JOB = 4     # consecutive requeues of one job use different ports (then wrap)
+NODE_HEARTBEAT_S = 15.0    # how often each launcher rewrites <run_dir>/nodes/node-<rank>.json
+NODES_DIR = "nodes"
 FORWARDED_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
@@ -94,20 +100,96 @@ def node_info() -> dict:
             "node_rank": 0, "first_node": None, "restarts": 0, "global_task": 0}
 
 
+def rendezvous(info: dict) -> tuple[str, int]:
+    """This attempt's rendezvous id and port on the first node.
+
+    Both come from the job id *and* SLURM's restart count: a requeued attempt must never meet the
+    store (or the port) of the attempt before it. torchrun's c10d store is multi-tenant, and an
+    agent that cannot bind the port quietly joins whatever store already listens there; with the
+    same rendezvous id it would find that run's closed rendezvous and time out (submitit#1613).
+    """
+    job = str(info["job_id"])
+    numeric_id = sum(int(part) for part in job.split("_"))   # "<array>_<task>" → array + task
+    restarts = int(info["restarts"])
+    port = RDZV_BASE_PORT + (numeric_id * RDZV_PORTS_PER_JOB + restarts % RDZV_PORTS_PER_JOB) % RDZV_PORTS
+    return f"orch-{job}-{restarts}", port
+
+
 def torchrun_command(run_dir: str, nproc: int, info: dict) -> list[str]:
     cmd = [sys.executable, "-m", "jobs.torchrun_wrapper", f"--nproc-per-node={nproc}", "--max-restarts=0",
            # the agent leaves SIGTERM to the workers, which checkpoint and exit (jobs/torchrun_wrapper.py)
            "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT"]
     if info["nodes"] > 1:
-        numeric_id = int(str(info["job_id"]).split("_")[0]) + int(str(info["job_id"]).split("_")[-1]) \
-            if "_" in str(info["job_id"]) else int(info["job_id"])
-        port = RDZV_BASE_PORT + numeric_id % 1000
+        rdzv_id, port = rendezvous(info)
+        # node 0 hosts the store, the others only connect: a port that is taken on the first node
+        # fails the rendezvous at once instead of joining a stranger's store
+        is_host = int(info["node_rank"] == 0)
         cmd += [f"--nnodes={info['nodes']}", "--rdzv-backend=c10d",
-                f"--rdzv-endpoint={info['first_node']}:{port}", f"--rdzv-id=orch-{info['job_id']}",
-                "--rdzv-conf=join_timeout=300"]
+                f"--rdzv-endpoint={info['first_node']}:{port}", f"--rdzv-id={rdzv_id}",
+                f"--rdzv-conf=join_timeout=300,is_host={is_host}"]
     else:
         cmd += ["--standalone", "--nnodes=1"]
     return cmd + ["-m", "jobs.train", run_dir]
+
+
+def worker_env(nproc: int) -> dict[str, str]:
+    """The workers' environment: the node's CPUs shared out evenly between its processes.
+
+    torchrun sets OMP_NUM_THREADS=1 only when it starts more than one process per node, so 2 nodes
+    × 1 process would compute with more threads than 1 node × 2 processes: other float rounding
+    (CPU kernels split their sums by thread), other results, and an oversubscribed node. A value
+    set by the user wins.
+    """
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        cpus = int(env.get("SLURM_CPUS_PER_TASK") or 0) or len(os.sched_getaffinity(0))
+        env["OMP_NUM_THREADS"] = str(max(1, cpus // max(1, nproc)))
+    return env
+
+
+class NodeRecord:
+    """``<run_dir>/nodes/node-<rank>.json``: where this node's launcher runs and whether its workers live.
+
+    Rewritten every NODE_HEARTBEAT_S while torchrun runs and once when it exits, so `orch status`
+    can show every node of a multi-node job and point at one that stopped answering (a dead node
+    leaves a record whose ``updated_at`` no longer moves). Never fails the job: progress files are
+    a courtesy.
+    """
+
+    def __init__(self, run_dir: str, info: dict) -> None:
+        self.url = storage.join(run_dir, NODES_DIR, f"node-{info['node_rank']}.json")
+        self.fields = {"node_rank": info["node_rank"], "hostname": socket.gethostname(),
+                       "job_id": str(info["job_id"]), "restart": info["restarts"], "state": "STARTING",
+                       "workers": 0, "exit_code": None, "started_at": _now_iso()}
+
+    def update(self, **fields) -> None:
+        self.fields.update(fields, updated_at=_now_iso())
+        try:
+            runs.write_json(self.url, self.fields)
+        except (storage.StorageError, OSError) as exc:
+            print(f"[orch launch] could not write {self.url} (training goes on): {exc}", flush=True)
+
+    def heartbeat(self, torchrun: subprocess.Popen) -> None:
+        self.update(state="RUNNING", workers=count_workers(torchrun.pid))
+
+
+def count_workers(torchrun_pid: int) -> int:
+    """Live training processes (``jobs.train``) under this node's torchrun."""
+    alive = 0
+    for pid in descendants(torchrun_pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            continue
+        alive += int(b"jobs.train" in argv and not zombie)
+    return alive
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def read_job_state(run_dir: str) -> dict:
@@ -117,18 +199,21 @@ def read_job_state(run_dir: str) -> dict:
 def run_node(run_dir: str) -> str:
     """Run this node's share of the job to its end; returns the final state or raises."""
     doc = runs.read_plan(run_dir)
-    storage.configure(doc["config"].get("storage_options"))
+    storage.configure(storage.job_storage_options(doc["config"].get("storage_options")))
     plan, resources = doc["plan"], doc["config"]["resources"]
     relay = SignalRelay().install()
     info = node_info()
+    record = NodeRecord(run_dir, info)
     local_attempts = 0
     while True:
         cmd = torchrun_command(run_dir, plan["gpus_per_node"], info)
-        print(f"[orch launch] node {info['node_rank']}/{info['nodes']} job {info['job_id']} "
+        print(f"[orch launch] node {info['node_rank']}/{info['nodes']} ({socket.gethostname()}) job {info['job_id']} "
               f"restart {info['restarts'] + local_attempts}: {' '.join(cmd)}", flush=True)
-        relay.child = subprocess.Popen(cmd)
-        code = _wait(relay.child)
+        relay.child = subprocess.Popen(cmd, env=worker_env(plan["gpus_per_node"]))
+        record.update(state="RUNNING", restart=info["restarts"] + local_attempts, exit_code=None)
+        code = _wait(relay.child, lambda: record.heartbeat(relay.child))
         state = read_job_state(run_dir).get("state")
+        record.update(state="EXITED", workers=0, exit_code=code, run_state=state)
         print(f"[orch launch] torchrun exited with {code}; run state {state}", flush=True)
         if state == "COMPLETED" and code == 0:
             return "COMPLETED"
@@ -153,10 +238,13 @@ def run_node(run_dir: str) -> str:
         raise LaunchError(f"training failed: {error}")
 
 
-def _wait(child: subprocess.Popen) -> int:
+def _wait(child: subprocess.Popen, heartbeat=None) -> int:
+    """torchrun's exit code; ``heartbeat()`` runs every NODE_HEARTBEAT_S meanwhile."""
     while True:
         try:
-            return child.wait()
+            return child.wait(timeout=NODE_HEARTBEAT_S if heartbeat else None)
+        except subprocess.TimeoutExpired:
+            heartbeat()
         except InterruptedError:  # a signal arrived: keep waiting for the workers to checkpoint
             continue
 

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     doc = runs.read_plan(args.run)
     config = doc["config"]
-    storage.configure(config.get("storage_options"))
+    storage.configure(storage.job_storage_options(config.get("storage_options")))
     info = distributed.init_distributed(force_cpu=config["resources"].get("use_cpu", False))
     setup_console_logging(info.rank)
     from jobs.engine import Trainer  # torch-heavy imports after logging is set up

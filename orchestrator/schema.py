@@ -72,6 +72,7 @@ SCHEMA: dict[str, Any] = {
         "min_size": Field(INT, nullable=True, check=positive),
         "max_size": Field(INT, nullable=True, check=positive),
         "trainable_backbone_layers": Field(INT, nullable=True, check=non_negative),
+        "frozen_bn": Field(BOOL, nullable=True, doc="freeze backbone BatchNorm (default: when fine-tuning)"),
         "kwargs": FREE,
     },
     "data": {
@@ -88,6 +89,7 @@ SCHEMA: dict[str, Any] = {
                                   doc="alternative to batch_per_gpu: split across the GPUs"),
         "val_batch_per_gpu": Field(INT, nullable=True, check=positive),
         "num_workers": Field(INT, default=2, check=non_negative),
+        "pin_memory": Field(BOOL, nullable=True, doc="default: when CUDA is available"),
         "filter_empty": Field(BOOL, default=True, doc="drop training images without usable boxes"),
         "aspect_ratio_grouping": Field(BOOL, default=True),
         "augment": {

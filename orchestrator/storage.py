@@ -9,11 +9,13 @@ AWS_DEFAULT_REGION and AWS_PROFILE are read by botocore; ``storage_options`` fro
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import posixpath
 import time
 import uuid
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import fsspec
 
@@ -42,6 +44,46 @@ def configure(storage_options: dict[str, Any] | None) -> None:
         _storage_options.update({k: dict(v) for k, v in storage_options.items()})
     else:
         _storage_options["s3"] = dict(storage_options)
+
+
+SECRETS_ENV = "ORCH_STORAGE_OPTIONS"  # how config storage_options travel to a job (never via files)
+_REDACTED = "***"
+
+
+def job_storage_options(saved: dict[str, Any] | None) -> dict[str, Any]:
+    """storage_options for a job: the run's saved (redacted) options, with the real values that
+    `orch submit` handed over in the job's environment; redacted leftovers are dropped so the
+    standard AWS_* variables apply."""
+    def clean(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: clean(v) for k, v in node.items() if v != _REDACTED}
+        return node
+
+    options = clean(saved or {})
+    handed = os.environ.get(SECRETS_ENV)
+    if handed:
+        try:
+            options = json.loads(handed)
+        except ValueError:
+            pass
+    return options
+
+
+@contextlib.contextmanager
+def secrets_in_env(storage_options: dict[str, Any] | None) -> Iterator[None]:
+    """Expose the config's storage_options to a job being submitted (its environment only)."""
+    if not storage_options:
+        yield
+        return
+    previous = os.environ.get(SECRETS_ENV)
+    os.environ[SECRETS_ENV] = json.dumps(storage_options)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(SECRETS_ENV, None)
+        else:
+            os.environ[SECRETS_ENV] = previous
 
 
 def fs_cache_clear() -> None:

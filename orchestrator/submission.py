@@ -20,6 +20,8 @@ from orchestrator.executors import JobRequest, get_executor
 from orchestrator.executors.base import ACTIVE_STATES
 
 CHECKPOINT_RE = re.compile(r"^iter_(\d{9})\.pth$")
+NODE_RECORD_RE = re.compile(r"^node-(\d+)\.json$")
+NODE_STALE_S = 60   # a running node whose launcher has not written for this long has stopped answering
 
 # CLI flag → resources key
 RESOURCE_FLAGS = ("gpus", "gpus_per_node", "nodes", "partition", "time", "account", "qos", "constraint",
@@ -90,7 +92,8 @@ def submit(config: dict[str, Any], run_name: str, executor_name: str) -> dict[st
     executor = get_executor(executor_name)
     doc = runs.create_run_dir(config["work_dir"], run_name, prepared.plan, config)
     try:
-        submitted = executor.submit(prepared.request)
+        with storage.secrets_in_env(config.get("storage_options")):
+            submitted = executor.submit(prepared.request)
     except Exception:
         storage.remove(doc["run_dir"], recursive=True)  # we just made it: leave nothing behind
         raise
@@ -162,7 +165,35 @@ def run_status(run_dir: str, scheduler: dict[str, Any] | None = None) -> dict[st
         "eval": job.get("eval") or {}, "best_bbox_mAP": job.get("best_bbox_mAP"),
         "nodes": scheduler.get("nodes"), "error": job.get("error"), "updated_at": job.get("updated_at"),
         "log_dir": last["log_dir"] if last else None,
+        "node_status": node_status(run_dir, last["job_id"] if last else None),
     }
+
+
+def node_status(run_dir: str, job_id: str | None, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """What each node's launcher last wrote (``nodes/node-<rank>.json``) for this job, node order.
+
+    ``seen_s`` is the record's age; a node still RUNNING whose record is older than NODE_STALE_S
+    gets ``stale: True`` (its launcher, and so most likely the node, is gone).
+    """
+    if job_id is None:
+        return []
+    now = now or dt.datetime.now(dt.timezone.utc)
+    nodes_dir = storage.join(run_dir, "nodes")
+    out = []
+    for name in storage.listdir(nodes_dir):
+        if not NODE_RECORD_RE.match(name):
+            continue
+        record = runs.read_json(storage.join(nodes_dir, name), default=None)
+        if not isinstance(record, dict) or str(record.get("job_id")) != str(job_id):
+            continue   # a previous job's record (resume): not this attempt's node
+        try:
+            seen_s = max(0, round((now - dt.datetime.fromisoformat(record["updated_at"])).total_seconds()))
+        except (KeyError, TypeError, ValueError):
+            seen_s = None
+        record["seen_s"] = seen_s
+        record["stale"] = record.get("state") == "RUNNING" and seen_s is not None and seen_s > NODE_STALE_S
+        out.append(record)
+    return sorted(out, key=lambda r: int(r.get("node_rank") or 0))
 
 
 def combine_states(scheduler_state: str, job_state: str | None, cancelled: bool) -> str:
@@ -222,7 +253,7 @@ def resume(run_dir: str, executor_name: str | None = None) -> dict[str, Any]:
         if status["state"] == "COMPLETED":
             raise OrchError(f"run {status['run_name']} is already COMPLETED")
         doc = runs.read_plan(run_dir)
-        storage.configure(doc["config"].get("storage_options"))
+        storage.configure(storage.job_storage_options(doc["config"].get("storage_options")))
         name = executor_name or status["executor"] or doc["config"]["resources"]["executor"]
         submitted = get_executor(name).submit(job_request(doc, log_dir_for(run_dir, doc["run_name"])))
         url = storage.join(run_dir, runs.SUBMISSIONS_FILE)
@@ -244,9 +275,16 @@ def log_files(run_dir: str) -> list[tuple[str, str]]:
     log_dir, job_id = last["log_dir"], last["job_id"]
     if not os.path.isdir(log_dir):
         return []
-    files = sorted(f for f in os.listdir(log_dir) if f.startswith(f"{job_id}_") and f.endswith(".out"))
+    files = [f for f in os.listdir(log_dir) if f.startswith(f"{job_id}_") and f.endswith(".out")]
+    # one task per node: submitit's task number is the node rank; the launchers' records name the host
+    hosts = {str(r.get("node_rank")): r.get("hostname") for r in node_status(run_dir, job_id)}
     out = []
-    for name in files:
+    for name in sorted(files, key=lambda f: _task_number(f[len(job_id) + 1:].split("_")[0])):
         task = name[len(job_id) + 1:].split("_")[0]
-        out.append((f"node {task}", os.path.join(log_dir, name)))
+        label = f"node {task} {hosts[task]}" if hosts.get(task) else f"node {task}"
+        out.append((label, os.path.join(log_dir, name)))
     return out
+
+
+def _task_number(text: str) -> int:
+    return int(text) if text.isdigit() else -1
