@@ -155,10 +155,26 @@ def format_status(s: dict) -> str:
     lines.append(f"checkpoint {s['latest_checkpoint'] or '-'}")
     if s.get("nodes"):
         lines.append(f"nodes      {s['nodes']}")
+    for node in s.get("node_status") or []:
+        lines.append(f"  node {node.get('node_rank')}   {format_node(node)}")
     if s.get("error"):
         lines.append(f"error      {s['error']}")
     lines.append(f"run dir    {s['run_dir']}")
     return "\n".join(lines)
+
+
+def format_node(node: dict) -> str:
+    """One node's launcher record: ``n2  RUNNING  1 worker(s)  seen 4 s ago`` (or why it looks dead)."""
+    text = f"{node.get('hostname') or '?':<12} {node.get('state') or '?'}"
+    if node.get("state") == "RUNNING":
+        text += f"  {node.get('workers', 0)} worker(s)"
+    elif node.get("exit_code") is not None:
+        text += f"  torchrun exit code {node['exit_code']}"
+    if node.get("seen_s") is not None:
+        text += f"  seen {node['seen_s']} s ago"
+    if node.get("stale"):
+        text += "  (no heartbeat: node or launcher gone?)"
+    return text
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
