@@ -185,16 +185,18 @@ def load_model(ref: str, *, model_name: str | None = None, config_file: str | No
     model_cfg = dict((config or {}).get("model") or {})
     if model_name:
         model_cfg["name"] = model_name
-    if min_size is not None:
-        model_cfg["min_size"] = min_size
-    if max_size is not None:
-        model_cfg["max_size"] = max_size
     name = model_cfg.get("name")
     if not name:
         raise OrchError(f"{url} is not inside a run dir, so its model is unknown: pass --model NAME (one of "
                         f"{', '.join(sorted(models.MODELS))}) or --config CFG")
     if name not in models.MODELS:
         raise OrchError(f"unknown model {name!r}; valid names are {', '.join(sorted(models.MODELS))}")
+    if min_size is not None:
+        model_cfg["min_size"] = min_size
+        if max_size is None and models.MODELS[name].backbone == "ssd":
+            model_cfg["max_size"] = None  # SSD takes one square size: --min-size alone sets it
+    if max_size is not None:
+        model_cfg["max_size"] = max_size
 
     loaded = LoadedModel(model=nn.Identity(), name=name, model_cfg=model_cfg, num_classes=0, checkpoint_url=url,
                          run_dir=run_dir, config=config, iteration=state.get("iteration"),
@@ -207,7 +209,7 @@ def load_model(ref: str, *, model_name: str | None = None, config_file: str | No
     if loaded.category_ids is not None and head_classes is not None \
             and head_classes != len(loaded.category_ids) + 1:
         raise OrchError(f"{url} was trained for {head_classes - 1} classes but {loaded.categories_from} lists "
-                        f"{len(loaded.category_ids)} categories: pass the run's training annotation file with "
+                        f"{len(loaded.category_ids)} categories: pass the annotation file it was trained on with "
                         f"--categories TRAIN.json")
     num_classes = head_classes or (len(loaded.category_ids) + 1 if loaded.category_ids is not None else None)
     if num_classes is None:
@@ -228,7 +230,7 @@ def _without_redacted(options: Any) -> Any:
 
 def _find_categories(loaded: LoadedModel, categories_file: str | None, train_ann: str | None,
                      fallback: str | None) -> None:
-    candidates = [(categories_file, "--categories"), (train_ann, "the run's training annotation file"),
+    candidates = [(categories_file, "--categories"), (train_ann, "data.train.ann_file"),
                   (fallback, "fallback")]
     for source, role in candidates:
         if not source:

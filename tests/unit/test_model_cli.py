@@ -281,3 +281,22 @@ def test_predict_reads_and_writes_any_storage_url(ssd_run, dataset, capsys):
     detections = json.loads(storage.read_text("memory://model-cli/out/preds.json"))
     assert {d["file_name"] for d in detections} <= {"000000.jpg", "000001.jpg"} and detections
     assert storage.listdir("memory://model-cli/drawn") == ["000000.jpg", "000001.jpg"]
+
+
+def test_matching_ignores_the_order_among_equal_scores_and_tolerates_only_the_cut():
+    from jobs.export import match_detections
+
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 20, 20], [30, 30, 40, 45], [1, 2, 3, 4]], np.float32)
+    a = {"boxes": boxes, "scores": np.array([0.9, 0.5, 0.5, 0.2], np.float32), "labels": np.array([1, 2, 2, 1])}
+    order = [0, 2, 1]  # the two 0.5s swapped; a's 0.2 is missing though b goes down to 0.5: a real difference
+    b = {"boxes": boxes[order] + 1e-4, "scores": a["scores"][order], "labels": a["labels"][order]}
+    pairs, rest_a, rest_b, tolerated = match_detections(a, b, score_tol=1e-3, score_floor=0.05)
+    assert sorted(pairs) == [(0, 0), (1, 2), (2, 1)] and rest_a == [3] and rest_b == [] and tolerated == 0
+    b_cut = {k: v[:2] for k, v in b.items()}  # now 0.5 is b's lowest: a's other 0.5 sits at the cut
+    pairs, rest_a, _, tolerated = match_detections(a, b_cut, score_tol=1e-3, score_floor=0.05)
+    assert len(pairs) == 2 and len(rest_a) == 2 and tolerated == 1  # the 0.5 is tolerated, the 0.2 is not
+    b_low = {"boxes": boxes[[0, 1, 2, 3]], "scores": np.array([0.9, 0.5, 0.5, 0.0501], np.float32),
+             "labels": np.array([1, 2, 2, 1])}
+    a_low = {k: v[:3] for k, v in b_low.items()}
+    _, _, rest_b, tolerated = match_detections(a_low, b_low, score_tol=1e-3, score_floor=0.05)
+    assert rest_b == [3] and tolerated == 1  # at the score threshold: one side may keep it, the other not
