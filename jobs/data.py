@@ -20,6 +20,7 @@ import io
 import logging
 import math
 import random
+import signal
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -318,6 +319,10 @@ def worker_init_fn(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+    # SLURM signals every process of a job step (SIGUSR2 warning, SIGTERM): a loader worker that
+    # died of it would crash the training process before it could checkpoint. The trainer acts.
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _data_cfg(config: dict[str, Any]) -> dict[str, Any]:
