@@ -118,6 +118,8 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            # the lr is a pure function of the iteration (jobs/schedule.py): this is all its state
+            "lr_scheduler": {"policy": self.plan["lr_policy"], "iteration": self.iteration},
             "scaler": self.scaler.state_dict() if self.use_amp else {},
             "iteration": self.iteration,
             "epoch": self.iteration // ipe,
@@ -152,6 +154,7 @@ class Trainer:
             loss_dict = self.run_step(images, targets)
             self.iteration += 1
             progress.tick(data_time)
+            self.runlog.progress_bar(self.iteration, progress.step_time * (plan["max_iters"] - self.iteration))
             stop = self.after_step(loss_dict, progress)
             if stop:
                 return "PREEMPTED"

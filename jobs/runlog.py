@@ -44,6 +44,8 @@ class RunLog:
                                         "metrics": {}, "eval": {}, "latest_checkpoint": None}
         self._writer = None
         self._tb_local: str | None = None
+        self._tty = sys.stderr.isatty()
+        self._bar_shown = False
         if enabled and tensorboard:
             self._open_tensorboard()
 
@@ -74,7 +76,20 @@ class RunLog:
     # -------------------------------------------------------------- console and files
     def info(self, message: str) -> None:
         if self.enabled:
+            if self._bar_shown:
+                sys.stderr.write("\r\033[K")  # clear the progress bar before a log line
+                self._bar_shown = False
             log.info(message)
+
+    def progress_bar(self, iteration: int, eta_s: float, width: int = 30) -> None:
+        """A one-line bar on the terminal (only when attached to one; logs in files stay clean)."""
+        if not (self.enabled and self._tty):
+            return
+        done = int(width * iteration / max(1, self.max_iters))
+        sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {iteration}/{self.max_iters}  "
+                         f"eta {format_eta(eta_s)}\033[K")
+        sys.stderr.flush()
+        self._bar_shown = True
 
     def metrics(self, record: dict[str, Any]) -> None:
         if self.enabled:

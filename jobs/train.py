@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
 
     trainer = None
     try:
+        if info.world_size != doc["plan"]["gpus"]:
+            raise OrchError(f"this run was planned for {doc['plan']['gpus']} processes (GPUs) but was started with "
+                            f"{info.world_size}; start it with --nproc-per-node x --nnodes = {doc['plan']['gpus']}, "
+                            "or plan a new run for this size (`orch submit --gpus N`)")
         trainer = Trainer(doc, info, resume=not args.no_resume)
         if args.no_resume and trainer.checkpoints is not None and trainer.checkpoints.latest():
             raise OrchError(f"run {doc['run_dir']} already has checkpoints and --no-resume was given")
@@ -49,10 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OrchError as exc:
         log.error("%s", exc)
-        _mark_failed(trainer, str(exc))
+        _mark_failed(trainer, doc, info, str(exc))
         return 1
     except Exception as exc:
-        _mark_failed(trainer, f"{type(exc).__name__}: {exc}")
+        _mark_failed(trainer, doc, info, f"{type(exc).__name__}: {exc}")
         raise
     finally:
         if trainer is not None:
@@ -60,10 +64,21 @@ def main(argv: list[str] | None = None) -> int:
         distributed.cleanup()
 
 
-def _mark_failed(trainer, message: str) -> None:
-    if trainer is not None and trainer.runlog.enabled:
-        trainer.runlog.status(state="FAILED", error=message)
-        trainer.runlog.flush()
+def _mark_failed(trainer, doc: dict, info, message: str) -> None:
+    """Tell `orch status` why the run stopped (rank 0 only; best effort)."""
+    if trainer is not None:
+        if trainer.runlog.enabled:
+            trainer.runlog.status(state="FAILED", error=message)
+            trainer.runlog.flush()
+        return
+    if info.is_main:
+        try:
+            url = storage.join(doc["run_dir"], runs.STATUS_FILE)
+            status = runs.read_json(url, default={}) or {}
+            status.update(state="FAILED", error=message, max_iters=doc["plan"]["max_iters"])
+            runs.write_json(url, status)
+        except storage.StorageError as exc:
+            log.error("could not record the failure in %s: %s", doc["run_dir"], exc)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ def build_plan(config: dict[str, Any], gpus: int | None = None, train_images: in
         if not ann_file:
             raise OrchError("data.train.ann_file is not set; point it at a COCO json "
                             "(or pass --train-images N to plan without data)")
+        if not storage.exists(ann_file):
+            raise OrchError(f"data.train.ann_file {ann_file} does not exist; point it at your COCO json "
+                            "(override: data.train.ann_file=PATH), or plan without data: --train-images N")
         train_images = cocofile.count_train_images(ann_file, config["data"]["filter_empty"])
     return planner.make_plan(config, train_images, gpus=gpus)
 

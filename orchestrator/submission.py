@@ -155,6 +155,8 @@ def run_status(run_dir: str, scheduler: dict[str, Any] | None = None) -> dict[st
         if last:
             scheduler = get_executor(last["executor"]).status(last["job_id"])
     state = combine_states(scheduler["state"], job.get("state"), bool(last and last.get("cancelled_at")))
+    if last and last.get("state") != state:
+        _record_state(run_dir, record, state)
     return {
         "run_name": doc["run_name"], "run_dir": run_dir, "state": state,
         "job_id": last["job_id"] if last else None, "executor": last["executor"] if last else None,
@@ -194,6 +196,17 @@ def node_status(run_dir: str, job_id: str | None, now: dt.datetime | None = None
         record["stale"] = record.get("state") == "RUNNING" and seen_s is not None and seen_s > NODE_STALE_S
         out.append(record)
     return sorted(out, key=lambda r: int(r.get("node_rank") or 0))
+
+
+def _record_state(run_dir: str, record: dict[str, Any], state: str) -> None:
+    """Keep the submission record's state of the current attempt up to date (best effort)."""
+    attempt = record["attempts"][-1]
+    attempt["state"] = state
+    attempt["state_seen_at"] = now_iso()
+    try:
+        runs.write_json(storage.join(run_dir, runs.SUBMISSIONS_FILE), record)
+    except (storage.StorageError, OSError):
+        pass  # a read-only view of someone else's run still shows its status
 
 
 def combine_states(scheduler_state: str, job_state: str | None, cancelled: bool) -> str:

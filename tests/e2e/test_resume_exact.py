@@ -69,3 +69,25 @@ def test_resume_refuses_a_different_plan(reference, data_root, tmp_path):
     assert result.returncode != 0
     assert "written with another plan" in result.stdout + result.stderr
     assert read_status(run_dir)["state"] == "FAILED"
+
+
+def test_non_finite_loss_stops_with_the_loss_dict_after_checkpointing(data_root, tmp_path):
+    run_dir = make_run(str(tmp_path), "diverges", data_root, gpus=1,
+                       extra=["schedule.max_iters=30", "schedule.warmup_iters=0", "optimizer.base_lr=1e12",
+                              "data.batch_per_gpu=2", "schedule.checkpoint_every_iters=1000"])
+    result = torchrun(run_dir, nproc=1)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "non-finite loss at iteration" in out and "classification" in out and "bbox_regression" in out
+    status = read_status(run_dir)
+    assert status["state"] == "FAILED" and "non-finite loss" in status["error"]
+    stopped = int(status["error"].split("checkpointed at iteration ")[1].split(".")[0])
+    assert os.path.exists(os.path.join(run_dir, "checkpoints", f"iter_{stopped:09d}.pth.done"))
+
+
+def test_starting_with_another_process_count_is_a_clear_error(data_root, tmp_path):
+    run_dir = make_run(str(tmp_path), "wrongsize", data_root, extra=EXTRA)   # planned for 2
+    result = torchrun(run_dir, nproc=1)
+    assert result.returncode != 0
+    assert "planned for 2 processes (GPUs) but was started with 1" in result.stdout + result.stderr
+    assert read_status(run_dir)["state"] == "FAILED"
