@@ -167,13 +167,18 @@ def _unwrap_state_dict(obj: Any, url: str) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"init checkpoint {url} holds neither a state_dict nor a dict with 'model' or "
                          f"'state_dict'")
-    state = {}
-    for key, value in obj.items():
-        for prefix in ("module.", "_orig_mod."):  # DDP and torch.compile wrappers
+    return strip_wrapper_prefixes(obj)
+
+
+def strip_wrapper_prefixes(state: dict[str, Any]) -> dict[str, Any]:
+    """Keys without the prefixes DDP ("module.") and torch.compile ("_orig_mod.") add."""
+    clean = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
             while key.startswith(prefix):
                 key = key[len(prefix):]
-        state[key] = value
-    return state
+        clean[key] = value
+    return clean
 
 
 def load_init_checkpoint(model: nn.Module, url: str) -> dict[str, list]:

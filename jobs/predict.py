@@ -129,13 +129,7 @@ def model_state(state: dict[str, Any], url: str) -> dict[str, torch.Tensor]:
         keys = sorted(str(k) for k in state)[:8]
         raise OrchError(f"{url} has no 'model' state_dict (its keys: {keys}): it is not an orch checkpoint; use "
                         f"one from <run_dir>/checkpoints/, or re-save the weights as {{'model': model.state_dict()}}")
-    clean = {}
-    for key, value in weights.items():
-        for prefix in ("module.", "_orig_mod."):  # DDP and torch.compile wrappers
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        clean[key] = value
-    return clean
+    return models.strip_wrapper_prefixes(weights)
 
 
 def infer_num_classes(name: str, weights: dict[str, torch.Tensor]) -> int | None:

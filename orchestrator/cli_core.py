@@ -8,6 +8,17 @@ from orchestrator import config as config_mod
 from orchestrator.errors import OrchError
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="run config (YAML)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",

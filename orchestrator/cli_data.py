@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from orchestrator import storage
+from orchestrator.cli_core import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,21 +64,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "synth", help="write a small synthetic shapes dataset (train + val) for demos and tests",
         description="Coloured shapes on noise with exact boxes: OUT_DIR/train.json, val.json, train/, val/.")
     synth.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (local path or URL)")
-    synth.add_argument("--train", type=_positive_int, metavar="N", help="training images (default: 400)")
-    synth.add_argument("--val", type=_positive_int, metavar="N", help="validation images (default: 100)")
-    synth.add_argument("--size", type=_positive_int, metavar="PX", help="longer image side in pixels (default: 320)")
+    synth.add_argument("--train", type=positive_int, metavar="N", help="training images (default: 400)")
+    synth.add_argument("--val", type=positive_int, metavar="N", help="validation images (default: 100)")
+    synth.add_argument("--size", type=positive_int, metavar="PX", help="longer image side in pixels (default: 320)")
     synth.add_argument("--seed", type=int, help="random seed (default: 0)")
     synth.set_defaults(func=cmd_synth)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
 
 
 def cmd_check(args: argparse.Namespace) -> int:

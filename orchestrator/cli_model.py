@@ -12,6 +12,7 @@ from typing import Any
 
 from orchestrator import storage
 from orchestrator.errors import OrchError
+from orchestrator.cli_core import positive_int
 
 CKPT_HELP = ("checkpoint (.pth, any URL), or a run dir / run name: its best.pth, else final.pth, else the latest "
              "complete checkpoint")
@@ -25,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
     p.add_argument("--data", metavar="VAL.json", help="COCO annotation file (default: the run's data.val.ann_file)")
     p.add_argument("--images", metavar="DIR", help="its image folder (default: the run's data.val.img_dir)")
-    p.add_argument("--batch", type=_positive_int, default=4, metavar="N", help="images per forward pass (default: 4)")
+    p.add_argument("--batch", type=positive_int, default=4, metavar="N", help="images per forward pass (default: 4)")
     p.add_argument("--workers", type=int, default=2, metavar="N", help="image-loading processes (default: 2)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_model_arguments(p, device=True)
@@ -41,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="PREDS.json", help="results file to write")
     p.add_argument("--score-thr", type=float, default=0.3, metavar="S",
                    help="keep detections scoring at least this (default: 0.3)")
-    p.add_argument("--batch", type=_positive_int, default=4, metavar="N", help="images per forward pass (default: 4)")
+    p.add_argument("--batch", type=positive_int, default=4, metavar="N", help="images per forward pass (default: 4)")
     p.add_argument("--draw", metavar="OUT_DIR", help="also write each image with its boxes, labels and scores drawn")
     p.add_argument("--ann", metavar="ANN.json",
                    help="take image ids from this COCO file (by file_name), so the results can be scored against it")
@@ -55,14 +56,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "--dynamic-batch. --check compares onnxruntime with torch on real images.")
     p.add_argument("checkpoint", metavar="CKPT|RUN", help=CKPT_HELP)
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
-    p.add_argument("--opset", type=_positive_int, default=17, metavar="N", help="ONNX opset (default: 17)")
+    p.add_argument("--opset", type=positive_int, default=17, metavar="N", help="ONNX opset (default: 17)")
     p.add_argument("--dynamic-batch", action="store_true",
                    help="accept any batch size (a Loop over the images; images of one batch share a size)")
     p.add_argument("--out", metavar="PATH", help="file to write (default: the checkpoint's path with .onnx)")
     p.add_argument("--check", action="store_true",
                    help="run onnx.checker and compare onnxruntime with torch on real images; exit 1 if they disagree")
     p.add_argument("--images", metavar="DIR", help="images for --check (default: the run's data.val.img_dir)")
-    p.add_argument("--check-images", type=_positive_int, default=4, metavar="N",
+    p.add_argument("--check-images", type=positive_int, default=4, metavar="N",
                    help="how many images --check uses (default: 4)")
     p.add_argument("--box-tol", type=float, default=0.05, metavar="PX",
                    help="largest box coordinate difference --check accepts, in pixels (default: 0.05)")
@@ -76,21 +77,11 @@ def _add_model_arguments(p: argparse.ArgumentParser, device: bool) -> None:
     group.add_argument("--model", metavar="NAME", help="model name, for a checkpoint outside a run dir")
     group.add_argument("--categories", metavar="TRAIN.json",
                        help="the training annotation file: its categories map labels to category ids")
-    group.add_argument("--min-size", type=_positive_int, metavar="PX", help="override the model's input min_size")
-    group.add_argument("--max-size", type=_positive_int, metavar="PX", help="override the model's input max_size")
+    group.add_argument("--min-size", type=positive_int, metavar="PX", help="override the model's input min_size")
+    group.add_argument("--max-size", type=positive_int, metavar="PX", help="override the model's input max_size")
     group.add_argument("--work-dir", help="where run names are looked up (default: ./runs or $ORCH_WORK_DIR)")
     if device:
         group.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
 
 
 def _load(args: argparse.Namespace, fallback_categories: str | None = None, device: str | None = None):
