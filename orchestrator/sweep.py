@@ -32,7 +32,7 @@ from orchestrator.executors.base import ACTIVE_STATES
 
 SWEEP_FILE = "sweep.json"
 MAX_POINTS = 10_000
-IO_THREADS = 32          # run dirs are written in parallel: each file is fsynced
+IO_THREADS = 16          # run dirs are written in parallel: each file is fsynced
 RANDOM_SIGNIFICANT_DIGITS = 6
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 _CALL_RE = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.DOTALL)
@@ -318,7 +318,9 @@ def _record_submission(sweep_dir: str, doc: dict[str, Any], submitted, task_ids:
     def record_point(task: int) -> None:
         run_dir = storage.join(sweep_dir, names[task])
         url = storage.join(run_dir, runs.SUBMISSIONS_FILE)
-        record = runs.read_json(url, default=None) or {"run_name": names[task], "run_dir": run_dir, "attempts": []}
+        fresh = kind == "sweep"  # the run dir was just made: nothing to read
+        record = (None if fresh else runs.read_json(url, default=None)) or \
+            {"run_name": names[task], "run_dir": run_dir, "attempts": []}
         submission._append_attempt(record, f"{submitted.job_id}_{task}", submitted.executor, submitted.log_dir, kind)
         runs.write_json(url, record)
 
