@@ -1,16 +1,19 @@
 """How long submitting a 1,000-point sweep takes (target: under 3 s).
 
-    python benchmarks/bench_sweep_submit.py [--points 1000] [--repeat 3] [--no-cluster]
+    python benchmarks/bench_sweep_submit.py [--points 1000] [--repeat 3] [--cluster-repeat 1] [--no-cluster]
 
 What is measured, per repeat, in a fresh work dir on local disk:
 
 * ``orch sweep`` end to end (a new Python process: imports, config, 1,000 random points each
   validated and planned on its own, the cheap dataset check, sweep.json, 1,000 run dirs with
-  config.yml + plan.json + submissions.json, every file fsynced, ONE sbatch of the job array).
+  config.yml + plan.json + submissions.json, every file fsynced, ONE sbatch of the job array,
+  submitted held first so the job ids are known while the run dirs are written).
   With a running local SLURM cluster (slurm/cluster.sh) the array is really submitted, held
-  (``--hold``), checked with scontrol and cancelled; without one this part is skipped.
-* the same in-process, by phase (plan the points / write the run dirs / submit + record). Without
-  a cluster, ``submit`` renders the sbatch script and stops short of calling sbatch.
+  (``--hold``), checked with scontrol and cancelled; without one this part is skipped. SLURM
+  counts every task toward MaxJobCount (10,000 here) and keeps a cancelled array's records for
+  MinJobAge (1 h), so this runs once by default (--cluster-repeat) and only with room to spare.
+* the same in-process, by phase (plan the points / data check + sweep.json / the array script,
+  rendered but not given to sbatch / every point's run dir and submissions.json).
 """
 from __future__ import annotations
 
@@ -30,11 +33,17 @@ PARAMS = ["-p", "optimizer.base_lr=loguniform(1e-4,1e-2)", "-p", "data.batch_per
           "-p", "optimizer.weight_decay=choice(0.0001,0.00004)"]
 
 
-def cluster_running() -> bool:
+def cluster_room() -> int | None:
+    """Job records SLURM can still take (MaxJobCount minus what it holds); None without a cluster."""
     try:
-        return subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10).returncode == 0
+        if subprocess.run(["scontrol", "ping"], capture_output=True, timeout=10).returncode != 0:
+            return None
+        config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=10).stdout
+        held = subprocess.run(["squeue", "-h", "-r", "-t", "all"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return False
+        return None
+    limit = int(config.split("MaxJobCount", 1)[1].split("=", 1)[1].split()[0]) if "MaxJobCount" in config else 10000
+    return limit - len(held.splitlines())
 
 
 def sweep_args(data: str, work_dir: str, name: str, points: int) -> list[str]:
@@ -64,7 +73,7 @@ def check_and_cancel(array_id: str, points: int) -> str:
     return f"array {array_id}: ArrayTaskId={throttle} Reason={reason} (cancelled)"
 
 
-def in_process(data: str, work_dir: str, name: str, points: int, submit: bool) -> dict[str, float]:
+def in_process(data: str, work_dir: str, name: str, points: int) -> dict[str, float]:
     from orchestrator import config as config_mod
     from orchestrator import runs, sweep
     from orchestrator.executors import Submitted
@@ -83,33 +92,27 @@ def in_process(data: str, work_dir: str, name: str, points: int, submit: bool) -
     phases["plan points"] = time.perf_counter() - start
 
     original = SlurmExecutor.submit_array
-    timings = {}
+    marks = {}
 
     def timed_submit(self, req, task_ids, fmt):
-        timings["dirs_done"] = time.perf_counter()
-        if submit:
-            result = original(self, req, task_ids, fmt)
-        else:  # render everything, stop short of sbatch
-            self.array_script(req, task_ids, fmt)
-            result = Submitted(job_id="999999", executor="slurm", log_dir=req.log_dir)
-        timings["submitted"] = time.perf_counter()
-        return result
+        marks["sbatch"] = time.perf_counter()
+        self.array_script(req, task_ids, fmt)   # render everything, stop short of sbatch
+        marks["submitted"] = time.perf_counter()
+        return Submitted(job_id="999999", executor="slurm", log_dir=req.log_dir)
 
     SlurmExecutor.submit_array = timed_submit
     try:
-        t0 = time.perf_counter()
-        result = sweep.submit_sweep(prepared)
-        t1 = time.perf_counter()
+        start = time.perf_counter()
+        result = sweep.submit_sweep(prepared)   # held (--hold): nothing to release
+        end = time.perf_counter()
     finally:
         SlurmExecutor.submit_array = original
-    phases["write sweep.json + run dirs"] = timings["dirs_done"] - t0
-    phases["sbatch" if submit else "render script (no sbatch)"] = timings["submitted"] - timings["dirs_done"]
-    phases["record submissions.json"] = t1 - timings["submitted"]
-    phases["total"] = phases["plan points"] + (t1 - t0)
+    phases["data check + sweep.json"] = marks["sbatch"] - start
+    phases["render the array script"] = marks["submitted"] - marks["sbatch"]
+    phases["run dirs + submissions.json"] = end - marks["submitted"]
+    phases["total"] = phases["plan points"] + (end - start)
     assert len(os.listdir(result["sweep_dir"])) >= points
     assert runs.read_plan(os.path.join(result["sweep_dir"], sweep.point_format(points) % (points - 1)))["sweep"]
-    if submit:
-        subprocess.run(["scancel", result["array_job_id"]], check=True)
     return phases
 
 
@@ -117,19 +120,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cluster-repeat", type=int, default=1, help="real submissions (each holds 1,000 "
+                        "job records for an hour)")
     parser.add_argument("--no-cluster", action="store_true", help="never call sbatch, even if a cluster runs")
     args = parser.parse_args()
     from orchestrator.synth import make_synthetic_dataset
 
-    use_cluster = not args.no_cluster and cluster_running()
-    print(f"{args.points}-point sweep, {os.cpu_count()} CPUs, "
-          f"{'local SLURM cluster (held array, then cancelled)' if use_cluster else 'no sbatch (no cluster)'}")
+    room = None if args.no_cluster else cluster_room()
+    use_cluster = room is not None and room > args.points * args.cluster_repeat + 1000
+    where = ("local SLURM cluster (held array, then cancelled)" if use_cluster else
+             "no sbatch: no cluster" if room is None else f"no sbatch: SLURM has room for only {room} more jobs")
+    print(f"{args.points}-point sweep, {os.cpu_count()} CPUs, {where}")
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         data = os.path.join(tmp, "data")
         make_synthetic_dataset(data, num_train=16, num_val=4, image_size=64, seed=0)
         if use_cluster:
             walls = []
-            for i in range(args.repeat):
+            for i in range(args.cluster_repeat):
                 wall, array_id = cli_end_to_end(data, os.path.join(tmp, f"cli{i}"), f"bench{i}", args.points)
                 walls.append(wall)
                 note = check_and_cancel(array_id, args.points)
@@ -138,7 +145,7 @@ def main() -> None:
             print(f"orch sweep end to end: median {statistics.median(walls):.2f} s, max {max(walls):.2f} s")
         results = []
         for i in range(args.repeat):
-            results.append(in_process(data, os.path.join(tmp, f"api{i}"), f"api{i}", args.points, use_cluster))
+            results.append(in_process(data, os.path.join(tmp, f"api{i}"), f"api{i}", args.points))
             shutil.rmtree(os.path.join(tmp, f"api{i}"))
         print("in-process phases (median of runs):")
         for phase in results[0]:

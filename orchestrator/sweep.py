@@ -11,7 +11,9 @@ the rest reads and writes run dirs through the storage seam and submits through 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -27,7 +29,7 @@ import yaml
 from orchestrator import config as config_mod
 from orchestrator import planner, runs, storage, submission
 from orchestrator.errors import OrchError
-from orchestrator.executors import JobRequest, get_executor
+from orchestrator.executors import JobRequest, Submitted, get_executor
 from orchestrator.executors.base import ACTIVE_STATES
 
 SWEEP_FILE = "sweep.json"
@@ -310,21 +312,18 @@ def sweep_document(prepared: PreparedSweep, config_file: str | None) -> dict[str
     }
 
 
-def _record_submission(sweep_dir: str, doc: dict[str, Any], submitted, task_ids: list[int], kind: str,
-                       max_parallel: int | None) -> dict[str, Any]:
-    """The array in sweep.json, and attempt ``<array>_<i>`` in each point's submissions.json."""
-    names = {p["index"]: p["name"] for p in doc["points"]}
+def _write_attempt(run_dir: str, run_name: str, job_id: str, submitted: Submitted, kind: str) -> None:
+    """Append attempt ``job_id`` (``<array>_<i>``) to the point's submissions.json, as `orch submit` does."""
+    url = storage.join(run_dir, runs.SUBMISSIONS_FILE)
+    fresh = kind == "sweep"  # the run dir was just made: nothing to read
+    record = (None if fresh else runs.read_json(url, default=None)) or \
+        {"run_name": run_name, "run_dir": run_dir, "attempts": []}
+    submission._append_attempt(record, job_id, submitted.executor, submitted.log_dir, kind)
+    runs.write_json(url, record)
 
-    def record_point(task: int) -> None:
-        run_dir = storage.join(sweep_dir, names[task])
-        url = storage.join(run_dir, runs.SUBMISSIONS_FILE)
-        fresh = kind == "sweep"  # the run dir was just made: nothing to read
-        record = (None if fresh else runs.read_json(url, default=None)) or \
-            {"run_name": names[task], "run_dir": run_dir, "attempts": []}
-        submission._append_attempt(record, f"{submitted.job_id}_{task}", submitted.executor, submitted.log_dir, kind)
-        runs.write_json(url, record)
 
-    _parallel(record_point, task_ids)
+def _record_array(sweep_dir: str, doc: dict[str, Any], submitted: Submitted, task_ids: list[int], kind: str,
+                  max_parallel: int | None) -> dict[str, Any]:
     entry = {"array_job_id": submitted.job_id, "array": _array_text(task_ids, max_parallel), "kind": kind,
              "task_ids": task_ids, "executor": submitted.executor, "log_dir": submitted.log_dir,
              "submitted_at": submission.now_iso()}
@@ -340,7 +339,7 @@ def _array_text(task_ids: list[int], max_parallel: int | None) -> str:
 
 
 def submit_sweep(prepared: PreparedSweep, config_file: str | None = None) -> dict[str, Any]:
-    """Write sweep.json and every point's run dir, then submit ONE job array over all points."""
+    """Submit ONE job array over all points, held until every point's run dir and record exist."""
     sweep_dir = prepared.sweep_dir
     if storage.exists(storage.join(sweep_dir, SWEEP_FILE)):
         raise SweepError(f"sweep {sweep_dir} already exists; pick another --name or `orch sweep resume {sweep_dir}`")
@@ -352,17 +351,31 @@ def submit_sweep(prepared: PreparedSweep, config_file: str | None = None) -> dic
             checked.add(data_key)
     executor = get_executor(prepared.executor)
     doc = sweep_document(prepared, config_file)
+    task_ids = [p.index for p in prepared.points]
+    # Submitting first (held) gives the job ids, so each point's run dir and submissions.json are
+    # written in one parallel pass; no task starts before the whole sweep is on disk.
+    held = dataclasses.replace(prepared.request, extra={**prepared.request.extra, "hold": True})
+    submitted: Submitted | None = None
+
+    def write_point(point: Point) -> None:
+        made = runs.create_run_dir(sweep_dir, point.name, point.plan, point.config,
+                                   sweep=point.sweep_record(prepared.name))
+        _write_attempt(made["run_dir"], point.name, f"{submitted.job_id}_{point.index}", submitted, "sweep")
+
     storage.makedirs(sweep_dir)
     try:
         runs.write_json(storage.join(sweep_dir, SWEEP_FILE), doc)
-        _parallel(lambda p: runs.create_run_dir(sweep_dir, p.name, p.plan, p.config,
-                                                sweep=p.sweep_record(prepared.name)), prepared.points)
-        task_ids = [p.index for p in prepared.points]
-        submitted = executor.submit_array(prepared.request, task_ids, prepared.run_dir_format)
-    except Exception:
+        submitted = executor.submit_array(held, task_ids, prepared.run_dir_format)
+        _parallel(write_point, prepared.points)
+        entry = _record_array(sweep_dir, doc, submitted, task_ids, "sweep", prepared.max_parallel)
+        if not prepared.request.extra.get("hold"):
+            executor.release(submitted.job_id)
+    except BaseException:
+        if submitted is not None:
+            with contextlib.suppress(Exception):
+                executor.cancel(submitted.job_id)
         storage.remove(sweep_dir, recursive=True)  # we just made it: leave nothing behind
         raise
-    entry = _record_submission(sweep_dir, doc, submitted, task_ids, "sweep", prepared.max_parallel)
     return {"name": prepared.name, "sweep_dir": sweep_dir, "array_job_id": submitted.job_id,
             "array": entry["array"], "points": len(prepared.points), "log_dir": submitted.log_dir}
 
@@ -459,7 +472,9 @@ def resume_sweep(sweep_dir: str, max_parallel: int | None = None) -> dict[str, A
                                          array_size=len(todo), max_parallel=max_parallel)
         fmt = storage.join(sweep_dir.replace("%", "%%"), doc["point_format"])
         submitted = get_executor(first["config"]["resources"]["executor"]).submit_array(request, todo, fmt)
-        entry = _record_submission(sweep_dir, doc, submitted, todo, "sweep-resume", max_parallel)
+        _parallel(lambda i: _write_attempt(storage.join(sweep_dir, doc["points"][i]["name"]), doc["points"][i]["name"],
+                                           f"{submitted.job_id}_{i}", submitted, "sweep-resume"), todo)
+        entry = _record_array(sweep_dir, doc, submitted, todo, "sweep-resume", max_parallel)
         previous = {r["index"]: r["state"] for r in status["points"]}
         return {"name": doc["name"], "array_job_id": submitted.job_id, "array": entry["array"],
                 "points": [doc["points"][i]["name"] for i in todo],

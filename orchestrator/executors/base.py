@@ -139,6 +139,10 @@ class Executor(abc.ABC):
     def array_script(self, req: JobRequest, task_ids: list[int], run_dir_format: str) -> str:
         raise SubmissionError(f"the {self.name} executor cannot run job arrays (sweeps); use --executor slurm")
 
+    def release(self, job_id: str) -> None:
+        """Let a job submitted held (``JobRequest.extra["hold"]``) start."""
+        raise SubmissionError(f"the {self.name} executor cannot hold and release jobs")
+
     def array_status(self, array_job_id: str) -> dict[int, dict[str, Any]] | None:
         """{task id: status()-like dict} for every task the scheduler knows; None if it forgot the array."""
         raise SubmissionError(f"the {self.name} executor cannot run job arrays (sweeps)")

@@ -128,6 +128,11 @@ class SlurmExecutor(Executor):
         os.replace(path, os.path.join(req.log_dir, f"{array_id}_submission.sh"))
         return Submitted(job_id=array_id, executor=self.name, log_dir=req.log_dir)
 
+    def release(self, job_id: str) -> None:
+        result = subprocess.run(["scontrol", "release", job_id], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SubmissionError(f"scontrol release {job_id} failed: {result.stderr.strip()}")
+
     def array_status(self, array_job_id: str) -> dict[int, dict[str, Any]] | None:
         result = subprocess.run(["scontrol", "show", "job", "-o", array_job_id], capture_output=True, text=True)
         if result.returncode != 0 or "JobId=" not in result.stdout:

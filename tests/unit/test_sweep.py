@@ -236,6 +236,10 @@ class FakeSlurm:
     def __init__(self, monkeypatch):
         self.arrays: list[tuple[str, list[int], str, str]] = []
         self.tasks: dict[str, dict[int, dict] | None] = {}
+        self.released: list[str] = []
+        self.cancelled: list[str] = []
+        monkeypatch.setattr(SlurmExecutor, "release", lambda _, job_id: self.released.append(job_id))
+        monkeypatch.setattr(SlurmExecutor, "cancel", lambda _, job_id: self.cancelled.append(job_id))
         monkeypatch.setattr(SlurmExecutor, "submit_array", lambda executor, *args: self._submit(executor, *args))
         monkeypatch.setattr(SlurmExecutor, "array_status", lambda _, array_id: self.tasks.get(array_id))
         monkeypatch.setattr(SlurmExecutor, "status", lambda _, job_id: {"state": "UNKNOWN", "restarts": 0})
@@ -268,6 +272,8 @@ def test_submit_writes_a_sweep_dir_of_normal_runs_and_one_array(submitted_sweep)
     fake, sweep_dir, out = submitted_sweep
     assert "submitted sweep lrs: 4 points as SLURM job array 100 (--array=0-3%3)" in out
     assert len(fake.arrays) == 1 and fake.arrays[0][1] == [0, 1, 2, 3]
+    # submitted held, released once every run dir and record was written
+    assert "#SBATCH --hold" in fake.arrays[0][3] and fake.released == ["100"] and fake.cancelled == []
     assert fake.arrays[0][2] == f"{sweep_dir}/p%03d"
     doc = json.load(open(os.path.join(sweep_dir, "sweep.json")))
     assert doc["array_job_ids"] == ["100"] and doc["submissions"][0]["array"] == "0-3%3"
@@ -284,6 +290,30 @@ def test_submit_writes_a_sweep_dir_of_normal_runs_and_one_array(submitted_sweep)
         assert os.path.exists(os.path.join(run_dir, "config.yml"))
     # every point is a normal run: `orch status <sweep>/p002` works on it
     assert submission.run_status(os.path.join(sweep_dir, "p002"))["job_id"] == "100_2"
+
+
+def test_hold_keeps_the_array_held(tiny_data, tmp_path, monkeypatch, capsys):
+    fake = FakeSlurm(monkeypatch)
+    code = cli.main(sweep_args(tiny_data, tmp_path / "runs", "-p", "optimizer.base_lr=0.01,0.02", "--hold"))
+    assert code == 0
+    assert "held: `scontrol release 100` starts it" in capsys.readouterr().out
+    assert fake.released == [] and "#SBATCH --hold" in fake.arrays[0][3]
+
+
+def test_a_failure_while_writing_cancels_the_array_and_leaves_nothing(tiny_data, tmp_path, monkeypatch, capsys):
+    fake = FakeSlurm(monkeypatch)
+    real = runs.create_run_dir
+
+    def create_run_dir(work_dir, name, *args, **kwargs):
+        if name == "p002":
+            raise OSError("disk full")
+        return real(work_dir, name, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "create_run_dir", create_run_dir)
+    code = cli.main(sweep_args(tiny_data, tmp_path / "runs", "-p", "optimizer.base_lr=0.01,0.02,0.04"))
+    assert code == 3 and "disk full" in capsys.readouterr().err
+    assert fake.cancelled == ["100"] and fake.released == []
+    assert not os.path.exists(tmp_path / "runs" / "lrs")
 
 
 def test_a_second_sweep_with_the_same_name_is_refused(submitted_sweep, tiny_data, tmp_path, capsys):
