@@ -23,6 +23,7 @@ RDZV_BASE_PORT = 29400
 RDZV_PORTS = 1000          # rendezvous ports RDZV_BASE_PORT .. +999 on a job's first node
 RDZV_PORTS_PER_JOB = 4     # consecutive requeues of one job use different ports (then wrap)
 NODE_HEARTBEAT_S = 15.0    # how often each launcher rewrites <run_dir>/nodes/node-<rank>.json
+PEER_EXIT_GRACE_S = 30.0   # after another node's torchrun failed, how long this node's workers may take to stop
 NODES_DIR = "nodes"
 FORWARDED_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
@@ -157,7 +158,8 @@ class NodeRecord:
     """
 
     def __init__(self, run_dir: str, info: dict) -> None:
-        self.url = storage.join(run_dir, NODES_DIR, f"node-{info['node_rank']}.json")
+        self.run_dir, self.nodes = run_dir, info["nodes"]
+        self.url = self.url_of(info["node_rank"])
         self.fields = {"node_rank": info["node_rank"], "hostname": socket.gethostname(),
                        "job_id": str(info["job_id"]), "restart": info["restarts"], "state": "STARTING",
                        "workers": 0, "exit_code": None, "started_at": _now_iso()}
@@ -169,22 +171,75 @@ class NodeRecord:
         except (storage.StorageError, OSError) as exc:
             print(f"[orch launch] could not write {self.url} (training goes on): {exc}", flush=True)
 
+    def url_of(self, node_rank: int) -> str:
+        return storage.join(self.run_dir, NODES_DIR, f"node-{node_rank}.json")
+
     def heartbeat(self, torchrun: subprocess.Popen) -> None:
         self.update(state="RUNNING", workers=count_workers(torchrun.pid))
 
+    def failed_peers(self) -> list[dict]:
+        """Other nodes of this very attempt (job id and restart) whose torchrun has ended abnormally."""
+        failed = []
+        for rank in range(self.nodes):
+            if rank == self.fields["node_rank"]:
+                continue
+            try:
+                peer = runs.read_json(self.url_of(rank), default=None)
+            except (storage.StorageError, OSError, ValueError):
+                continue
+            if isinstance(peer, dict) and peer.get("job_id") == self.fields["job_id"] \
+                    and peer.get("restart") == self.fields["restart"] and peer.get("state") == "EXITED" \
+                    and peer.get("exit_code") not in (0, None):
+                failed.append(peer)
+        return failed
+
+
+class PeerWatch:
+    """Ends this node's workers once another node's torchrun has failed and they have not stopped by themselves.
+
+    torchrun's agent watches only its own workers: when another node dies, a worker here whose
+    collective failed (or hangs) keeps its agent, and the job, waiting. Usually the collective fails
+    within seconds (the peer's sockets are reset) and the worker exits; if it is still there
+    PEER_EXIT_GRACE_S later (stuck in a collective or in its exit), its process tree is killed.
+    """
+
+    def __init__(self, record: NodeRecord) -> None:
+        self.record = record
+        self.failed_since: float | None = None
+        self.reason: str | None = None
+
+    def check(self, torchrun: subprocess.Popen) -> None:
+        if self.record.nodes < 2 or self.reason:
+            return
+        failed = self.record.failed_peers()
+        if not failed:
+            return
+        self.failed_since = self.failed_since or time.monotonic()
+        if time.monotonic() - self.failed_since < PEER_EXIT_GRACE_S:
+            return
+        peer = failed[0]
+        self.reason = (f"node {peer.get('node_rank')} ({peer.get('hostname')}) ended (torchrun exit code "
+                       f"{peer.get('exit_code')}) and this node's workers had not stopped {PEER_EXIT_GRACE_S:.0f} s later")
+        print(f"[orch launch] {self.reason}: killing them", flush=True)
+        for pid in [torchrun.pid] + descendants(torchrun.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
 
 def count_workers(torchrun_pid: int) -> int:
-    """Live training processes (``jobs.train``) under this node's torchrun."""
+    """Live training processes (``jobs.train``) started by this node's torchrun (not their data loaders)."""
     alive = 0
     for pid in descendants(torchrun_pid):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
             with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except OSError:
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
             continue
-        alive += int(b"jobs.train" in argv and not zombie)
+        alive += int(b"jobs.train" in argv and state != "Z" and int(ppid) == torchrun_pid)
     return alive
 
 
@@ -204,6 +259,7 @@ def run_node(run_dir: str) -> str:
     relay = SignalRelay().install()
     info = node_info()
     record = NodeRecord(run_dir, info)
+    watch = PeerWatch(record)
     local_attempts = 0
     while True:
         cmd = torchrun_command(run_dir, plan["gpus_per_node"], info)
@@ -211,7 +267,7 @@ def run_node(run_dir: str) -> str:
               f"restart {info['restarts'] + local_attempts}: {' '.join(cmd)}", flush=True)
         relay.child = subprocess.Popen(cmd, env=worker_env(plan["gpus_per_node"]))
         record.update(state="RUNNING", restart=info["restarts"] + local_attempts, exit_code=None)
-        code = _wait(relay.child, lambda: record.heartbeat(relay.child))
+        code = _wait(relay.child, lambda: (record.heartbeat(relay.child), watch.check(relay.child)))
         state = read_job_state(run_dir).get("state")
         record.update(state="EXITED", workers=0, exit_code=code, run_state=state)
         print(f"[orch launch] torchrun exited with {code}; run state {state}", flush=True)
@@ -234,6 +290,8 @@ def run_node(run_dir: str) -> str:
         if state == "PREEMPTED" or relay.received:
             raise LaunchError(f"stopped by {', '.join(relay.received) or 'a signal'} after checkpointing "
                               f"(state {state}); `orch resume {doc['run_name']}` continues it")
+        if watch.reason:
+            raise LaunchError(f"{watch.reason}; `orch resume {doc['run_name']}` continues from the last checkpoint")
         error = read_job_state(run_dir).get("error") or f"torchrun exited with code {code}"
         raise LaunchError(f"training failed: {error}")
 

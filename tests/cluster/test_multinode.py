@@ -7,8 +7,9 @@ same world size, same data per rank):
 1. 2 nodes × 1 process completes, bitwise equal to 1 node × 2 processes; status and logs show both nodes
 2. `scancel --signal=USR2` reaches both nodes → one checkpoint, one requeue, a fresh rendezvous
    (its id and port carry SLURM_RESTART_COUNT), no iteration repeated, bitwise equal
-3. n2's torchrun and worker are killed mid-run → the job ends (FAILED, not hung); `orch resume`
-   continues from the last checkpoint, losing only the iterations since, bitwise equal
+3. n2's torchrun and worker are killed mid-run → the job ends (FAILED, not hung: n1's launcher kills
+   its workers if they have not stopped 30 s after n2's torchrun failed); `orch resume` continues
+   from the last checkpoint, losing only the iterations since, bitwise equal
 """
 import json
 import os
@@ -31,6 +32,67 @@ MAX_ITERS = 12
 PLAN = [f"schedule.max_iters={MAX_ITERS}", "schedule.checkpoint_every_iters=4", "schedule.eval_every_iters=100",
         "data.batch_per_gpu=2", "resources.signal_delay_s=30", "resources.time=00:20:00"]
 JOB_TIMEOUT_S = 420
+
+
+def test_requeued_attempt_gets_its_own_rendezvous_id_and_port():
+    from jobs.launch import RDZV_BASE_PORT, rendezvous, torchrun_command
+
+    seen = {rendezvous({"job_id": job, "restarts": restarts}) for job in ("41", "42", "7_3") for restarts in range(4)}
+    assert len({rdzv_id for rdzv_id, _ in seen}) == 12 and len({port for _, port in seen}) == 12
+    assert all(RDZV_BASE_PORT <= port < RDZV_BASE_PORT + 1000 for _, port in seen)
+    info = {"job_id": "42", "restarts": 1, "nodes": 2, "node_rank": 1, "first_node": "n1"}
+    cmd = " ".join(torchrun_command("/runs/r", 1, info))
+    assert f"--rdzv-endpoint=n1:{rendezvous(info)[1]} --rdzv-id=orch-42-1 " in cmd and "is_host=0" in cmd
+
+
+def test_workers_share_the_node_cpus_whatever_the_layout(monkeypatch):
+    from jobs.launch import worker_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
+    assert worker_env(2)["OMP_NUM_THREADS"] == "1"   # 1 node × 2 processes, cpus_per_gpu 1
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert worker_env(1)["OMP_NUM_THREADS"] == "1"   # 2 nodes × 1 process: the same, not all cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert worker_env(1)["OMP_NUM_THREADS"] == "3"   # the user's value wins
+
+
+def test_node_status_flags_a_node_that_stopped_writing(tmp_path):
+    import datetime as dt
+
+    from orchestrator.cli_runs import format_node
+
+    now = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+    (tmp_path / "nodes").mkdir()
+    for rank, host, age_s, job in ((0, "n1", 5, "9"), (1, "n2", 300, "9"), (2, "n3", 1, "8")):
+        (tmp_path / "nodes" / f"node-{rank}.json").write_text(json.dumps(
+            {"node_rank": rank, "hostname": host, "job_id": job, "state": "RUNNING", "workers": 1,
+             "updated_at": (now - dt.timedelta(seconds=age_s)).isoformat()}))
+    nodes = submission.node_status(str(tmp_path), "9", now=now)
+    assert [(n["hostname"], n["seen_s"], n["stale"]) for n in nodes] == [("n1", 5, False), ("n2", 300, True)]
+    assert "no heartbeat" in format_node(nodes[1]) and "1 worker(s)  seen 5 s ago" in format_node(nodes[0])
+
+
+def test_peer_watch_stops_this_node_only_for_a_failed_peer_of_the_same_attempt(tmp_path, monkeypatch):
+    from jobs import launch
+
+    monkeypatch.setattr(launch, "PEER_EXIT_GRACE_S", 0.0)
+    info = {"job_id": "9", "restarts": 1, "nodes": 2, "node_rank": 0}
+    peer = launch.NodeRecord(str(tmp_path), {**info, "node_rank": 1})
+    watch = launch.PeerWatch(launch.NodeRecord(str(tmp_path), info))
+    torchrun = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        peer.update(state="EXITED", exit_code=-9, restart=0)   # the previous attempt's record: not a reason
+        watch.check(torchrun)
+        peer.update(state="EXITED", exit_code=0, restart=1)    # ended normally: not a reason
+        watch.check(torchrun)
+        assert torchrun.poll() is None and watch.reason is None
+        peer.update(state="EXITED", exit_code=-9, restart=1)
+        watch.check(torchrun)
+        assert torchrun.wait(timeout=10) == -signal.SIGKILL
+        assert "node 1 (" in watch.reason and "exit code -9" in watch.reason
+    finally:
+        torchrun.kill()
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +241,11 @@ def test_node_death_ends_the_job_and_resume_loses_only_work_since_checkpoint(ref
     killed_at = time.monotonic()
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
-    fields = wait_for_job(job_id, timeout_s=180)   # ends: the survivor's collective fails, nothing hangs
+    fields = wait_for_job(job_id, timeout_s=150)   # ends: the survivor's collective fails, nothing hangs
     assert fields["JobState"] == "FAILED", fields
     ended_after_s = time.monotonic() - killed_at
+    survivor = logs(run_dir)["node 0 n1"]
+    assert re.search(r"Connection (reset|closed) by peer|node 1 \(n2\) ended \(torchrun exit code -9\)", survivor)
     status = submission.run_status(run_dir)
     assert status["state"] == "FAILED"
     assert [(n["hostname"], n["state"]) for n in status["node_status"]] == [("n1", "EXITED"), ("n2", "EXITED")]
