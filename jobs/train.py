@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
+import signal
 import sys
 
 from jobs import distributed
@@ -56,12 +58,26 @@ def main(argv: list[str] | None = None) -> int:
         _mark_failed(trainer, doc, info, str(exc))
         return 1
     except Exception as exc:
+        log.exception("training failed on rank %d", info.rank)
         _mark_failed(trainer, doc, info, f"{type(exc).__name__}: {exc}")
-        raise
+        return 1
     finally:
         if trainer is not None:
             trainer.close()
+        _stop_loader_workers()
         distributed.cleanup()
+
+
+def _stop_loader_workers() -> None:
+    """Data-loader workers ignore SLURM's SIGTERM (jobs/data.py), so multiprocessing's exit-time
+    terminate() would not end them and the interpreter would wait for them forever: kill them."""
+    # torch's SIGCHLD handler would raise "worker killed" in the middle of this loop
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    children = multiprocessing.active_children()
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join(timeout=5)
 
 
 def _mark_failed(trainer, doc: dict, info, message: str) -> None:
