@@ -135,3 +135,15 @@ def _slurm_mode_for_test(request):
 def pytest_collection_modifyitems(config, items):
     """Run two-node tests after all others so the cluster switches mode at most once."""
     items.sort(key=lambda item: "slurm_cluster_2nodes" in getattr(item, "fixturenames", ()))
+
+
+# --- tiny training data and a work dir shared by the tests of one module --------------------------
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from jobutil import make_dataset
+    return make_dataset(str(tmp_path_factory.mktemp("data")), num_train=32)
+
+
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("runs"))

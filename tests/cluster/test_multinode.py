@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from jobutil import (ROOT, TINY, assert_bitwise_equal, data_overrides, env, load_weights, make_dataset, make_run,
+from jobutil import (ROOT, TINY, assert_bitwise_equal, data_overrides, env, load_weights, make_run,
                      read_status, train_iterations, wait_for)
 from orchestrator import cli, submission
 from slurmutil import show_job, wait_for_job
@@ -93,16 +93,6 @@ def test_peer_watch_stops_this_node_only_for_a_failed_peer_of_the_same_attempt(t
         assert "node 1 (" in watch.reason and "exit code -9" in watch.reason
     finally:
         torchrun.kill()
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return make_dataset(str(tmp_path_factory.mktemp("data")), num_train=32)
-
-
-@pytest.fixture(scope="module")
-def work_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("runs"))
 
 
 def submit(work_dir, data_root, name, gpus_per_node=1):

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from jobutil import (ROOT, TINY, assert_bitwise_equal, data_overrides, load_weights, make_dataset, read_status,
+from jobutil import (ROOT, TINY, assert_bitwise_equal, data_overrides, load_weights, read_status,
                      train_iterations, wait_for)
 from orchestrator import cli
 from slurmutil import job_state, show_job, wait_for_job
@@ -21,16 +21,6 @@ pytestmark = pytest.mark.cluster
 CONFIG = os.path.join(ROOT, "configs", "demo.yml")
 PLAN = ["schedule.max_iters=16", "schedule.checkpoint_every_iters=5", "schedule.eval_every_iters=100",
         "data.batch_per_gpu=2", "resources.signal_delay_s=30", "resources.time=00:20:00"]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return make_dataset(str(tmp_path_factory.mktemp("data")), num_train=32)
-
-
-@pytest.fixture(scope="module")
-def work_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("runs"))
 
 
 def submit(work_dir, data_root, name, *extra, capsys=None):
