@@ -63,16 +63,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestrator import storage
+from orchestrator import runs, storage
 from orchestrator.errors import OrchError
 from orchestrator.storage import StorageError
 
-CHECKPOINT_DIRNAME = "checkpoints"
-MARKER_SUFFIX = ".done"
+CHECKPOINT_DIRNAME = runs.CHECKPOINT_DIRNAME
+MARKER_SUFFIX = runs.MARKER_SUFFIX
 BEST_NAME = "best.pth"
 FINAL_NAME = "final.pth"
 MARKER_FORMAT_VERSION = 1
-_PERIODIC_RE = re.compile(r"^iter_(\d{9})\.pth$")
 # Leftovers of a killed writer: payloads without a marker, storage.write_bytes temp files.
 _PERIODIC_LEFTOVER_RE = re.compile(r"^iter_(\d{9})\.pth(\.done)?(\.tmp-[0-9a-f]+)?$")
 
@@ -335,13 +334,8 @@ class CheckpointManager:
 
     # -- reading ---------------------------------------------------------------------------------
     def _complete_from(self, names: list[str]) -> list[tuple[int, str]]:
-        present = set(names)
-        complete = []
-        for name in names:
-            match = _PERIODIC_RE.match(name)
-            if match and marker_url(name) in present:
-                complete.append((int(match.group(1)), storage.join(self.directory, name)))
-        return sorted(complete)
+        return [(iteration, storage.join(self.directory, name))
+                for iteration, name in runs.complete_checkpoints(names)]
 
     def list_complete(self) -> list[tuple[int, str]]:
         """(iteration, url) of every periodic checkpoint whose marker and payload exist, oldest first."""

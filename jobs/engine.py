@@ -19,8 +19,9 @@ from jobs import evaluate, models
 from jobs.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from jobs.distributed import DistInfo
 from jobs.preemption import PreemptionFlag
-from jobs.runlog import Progress, RunLog, format_eta
+from jobs.runlog import Progress, RunLog
 from jobs.schedule import lr_factor
+from orchestrator import runs
 from orchestrator.errors import OrchError
 
 log = logging.getLogger("orch.job")
@@ -217,7 +218,7 @@ class Trainer:
         memory_mb = (torch.cuda.max_memory_allocated(self.device) / 2**20) if self.device.type == "cuda" else 0.0
         self.runlog.info(f"Epoch [{epoch + 1}][{step + 1}/{plan['iters_per_epoch']}]  lr: {lr:.4e}  {loss_text}  "
                          f"time: {progress.step_time:.3f}  data_time: {progress.data_time:.3f}  "
-                         f"eta: {format_eta(eta)}" + (f"  memory: {memory_mb:.0f}" if memory_mb else ""))
+                         f"eta: {runs.format_eta(eta)}" + (f"  memory: {memory_mb:.0f}" if memory_mb else ""))
         record = {"type": "train", "iteration": it, "epoch": epoch + 1, "lr": lr, **losses,
                   "time": progress.step_time, "data_time": progress.data_time, "img_per_s": img_s,
                   "memory_mb": memory_mb}

@@ -7,7 +7,6 @@ Torch-free: it only starts processes.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import signal
@@ -162,10 +161,10 @@ class NodeRecord:
         self.url = self.url_of(info["node_rank"])
         self.fields = {"node_rank": info["node_rank"], "hostname": socket.gethostname(),
                        "job_id": str(info["job_id"]), "restart": info["restarts"], "state": "STARTING",
-                       "workers": 0, "exit_code": None, "started_at": _now_iso()}
+                       "workers": 0, "exit_code": None, "started_at": runs.now_iso()}
 
     def update(self, **fields) -> None:
-        self.fields.update(fields, updated_at=_now_iso())
+        self.fields.update(fields, updated_at=runs.now_iso())
         try:
             runs.write_json(self.url, self.fields)
         except (storage.StorageError, OSError) as exc:
@@ -241,10 +240,6 @@ def count_workers(torchrun_pid: int) -> int:
             continue
         alive += int(b"jobs.train" in argv and state != "Z" and int(ppid) == torchrun_pid)
     return alive
-
-
-def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def read_job_state(run_dir: str) -> dict:

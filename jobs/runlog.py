@@ -5,7 +5,6 @@ remote run dir events are written to a local temp dir and uploaded at every flus
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
@@ -17,17 +16,6 @@ from typing import Any
 from orchestrator import runs, storage
 
 log = logging.getLogger("orch.job")
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def format_eta(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    days, rest = divmod(seconds, 86400)
-    text = str(dt.timedelta(seconds=rest))
-    return f"{days} day, {text}" if days else text
 
 
 class RunLog:
@@ -87,7 +75,7 @@ class RunLog:
             return
         done = int(width * iteration / max(1, self.max_iters))
         sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {iteration}/{self.max_iters}  "
-                         f"eta {format_eta(eta_s)}\033[K")
+                         f"eta {runs.format_eta(eta_s)}\033[K")
         sys.stderr.flush()
         self._bar_shown = True
 
@@ -107,7 +95,7 @@ class RunLog:
             if self._pending_metrics:
                 storage.append_text(self.metrics_url, "\n".join(self._pending_metrics) + "\n")
                 self._pending_metrics = []
-            self._status["updated_at"] = now_iso()
+            self._status["updated_at"] = runs.now_iso()
             storage.write_text(self.status_url, json.dumps(self._status, indent=2, default=str) + "\n")
             if self._writer is not None:
                 self._writer.flush()

@@ -8,7 +8,7 @@ import sys
 import time
 
 from orchestrator import config as config_mod
-from orchestrator import planner, storage, submission
+from orchestrator import planner, runs, storage, submission
 from orchestrator.cli_core import add_config_arguments, split_overrides
 from orchestrator.errors import OrchError
 from orchestrator.executors.base import ACTIVE_STATES
@@ -134,19 +134,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eta_text(seconds) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
-
-
 def format_status(s: dict) -> str:
     pct = 100.0 * s["iteration"] / max(1, s["max_iters"])
     lines = [f"run        {s['run_name']}",
              f"state      {s['state']}  (job {s['job_id']}, {s['executor']}, attempt {s['attempt']})",
-             f"progress   {s['iteration']}/{s['max_iters']} iterations ({pct:.1f}%)  eta {_eta_text(s['eta_s'])}"]
+             f"progress   {s['iteration']}/{s['max_iters']} iterations ({pct:.1f}%)  eta {runs.format_eta(s['eta_s'])}"]
     if s.get("metrics"):
         lines.append("train      " + "  ".join(f"{k} {v:.4g}" for k, v in s["metrics"].items()))
     if s.get("eval"):

@@ -20,7 +20,38 @@ CONFIG_FILE = "config.yml"
 SUBMISSIONS_FILE = "submissions.json"
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.jsonl"
+# Checkpoint layout (jobs/checkpoint.py writes it): iter_<9 digits>.pth counts once <name>.done exists.
+CHECKPOINT_DIRNAME = "checkpoints"
+CHECKPOINT_RE = re.compile(r"^iter_(\d{9})\.pth$")
+MARKER_SUFFIX = ".done"
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(max(0, seconds))
+    days, rest = divmod(seconds, 86400)
+    text = str(dt.timedelta(seconds=rest))
+    return f"{days} day, {text}" if days else text
+
+
+def complete_checkpoints(names: list[str]) -> list[tuple[int, str]]:
+    """(iteration, name) of the periodic checkpoints among ``names`` whose marker is there too, oldest first."""
+    present = set(names)
+    return sorted((int(m.group(1)), name) for name in names
+                  if (m := CHECKPOINT_RE.match(name)) and name + MARKER_SUFFIX in present)
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """URL of the newest complete periodic checkpoint of a run (torch-free, for `orch status`)."""
+    ckpt_dir = storage.join(run_dir, CHECKPOINT_DIRNAME)
+    complete = complete_checkpoints(storage.listdir(ckpt_dir))
+    return storage.join(ckpt_dir, complete[-1][1]) if complete else None
 
 
 def build_plan(config: dict[str, Any], gpus: int | None = None, train_images: int | None = None) -> planner.Plan:

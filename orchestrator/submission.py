@@ -19,17 +19,12 @@ from orchestrator.errors import OrchError
 from orchestrator.executors import JobRequest, get_executor
 from orchestrator.executors.base import ACTIVE_STATES
 
-CHECKPOINT_RE = re.compile(r"^iter_(\d{9})\.pth$")
 NODE_RECORD_RE = re.compile(r"^node-(\d+)\.json$")
 NODE_STALE_S = 60   # a running node whose launcher has not written for this long has stopped answering
 
 # CLI flag → resources key
 RESOURCE_FLAGS = ("gpus", "gpus_per_node", "nodes", "partition", "time", "account", "qos", "constraint",
                   "exclude", "cpus_per_gpu", "mem_per_gpu", "executor")
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def log_dir_for(run_dir: str, run_name: str) -> str:
@@ -106,7 +101,7 @@ def submit(config: dict[str, Any], run_name: str, executor_name: str) -> dict[st
 
 def _append_attempt(record: dict[str, Any], job_id: str, executor: str, log_dir: str, kind: str) -> None:
     record["attempts"].append({"attempt": len(record["attempts"]) + 1, "job_id": job_id, "executor": executor,
-                               "log_dir": log_dir, "kind": kind, "submitted_at": now_iso()})
+                               "log_dir": log_dir, "kind": kind, "submitted_at": runs.now_iso()})
 
 
 # ---------------------------------------------------------------- finding runs
@@ -132,14 +127,6 @@ def list_runs(work_dir: str) -> list[dict[str, Any]]:
     return rows
 
 
-def latest_checkpoint(run_dir: str) -> str | None:
-    """The newest complete periodic checkpoint (its .done marker exists), torch-free."""
-    ckpt_dir = storage.join(run_dir, "checkpoints")
-    names = set(storage.listdir(ckpt_dir))
-    complete = sorted(n for n in names if CHECKPOINT_RE.match(n) and f"{n}.done" in names)
-    return storage.join(ckpt_dir, complete[-1]) if complete else None
-
-
 # ---------------------------------------------------------------- status
 
 def run_status(run_dir: str, scheduler: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -163,7 +150,7 @@ def run_status(run_dir: str, scheduler: dict[str, Any] | None = None) -> dict[st
         "attempt": len(attempts) + int(scheduler.get("restarts") or 0),
         "iteration": int(job.get("iteration") or 0), "max_iters": doc["plan"]["max_iters"],
         "epoch": job.get("epoch"), "eta_s": job.get("eta_s") if state == "RUNNING" else None,
-        "latest_checkpoint": latest_checkpoint(run_dir), "metrics": job.get("metrics") or {},
+        "latest_checkpoint": runs.latest_checkpoint(run_dir), "metrics": job.get("metrics") or {},
         "eval": job.get("eval") or {}, "best_bbox_mAP": job.get("best_bbox_mAP"),
         "nodes": scheduler.get("nodes"), "error": job.get("error"), "updated_at": job.get("updated_at"),
         "log_dir": last["log_dir"] if last else None,
@@ -202,7 +189,7 @@ def _record_state(run_dir: str, record: dict[str, Any], state: str) -> None:
     """Keep the submission record's state of the current attempt up to date (best effort)."""
     attempt = record["attempts"][-1]
     attempt["state"] = state
-    attempt["state_seen_at"] = now_iso()
+    attempt["state_seen_at"] = runs.now_iso()
     try:
         runs.write_json(storage.join(run_dir, runs.SUBMISSIONS_FILE), record)
     except (storage.StorageError, OSError):
@@ -235,7 +222,7 @@ def cancel(run_dir: str) -> dict[str, Any]:
     get_executor(status["executor"]).cancel(status["job_id"])
     url = storage.join(run_dir, runs.SUBMISSIONS_FILE)
     record = runs.read_json(url)
-    record["attempts"][-1]["cancelled_at"] = now_iso()
+    record["attempts"][-1]["cancelled_at"] = runs.now_iso()
     runs.write_json(url, record)
     return status
 

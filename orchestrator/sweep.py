@@ -326,7 +326,7 @@ def _record_array(sweep_dir: str, doc: dict[str, Any], submitted: Submitted, tas
                   max_parallel: int | None) -> dict[str, Any]:
     entry = {"array_job_id": submitted.job_id, "array": _array_text(task_ids, max_parallel), "kind": kind,
              "task_ids": task_ids, "executor": submitted.executor, "log_dir": submitted.log_dir,
-             "submitted_at": submission.now_iso()}
+             "submitted_at": runs.now_iso()}
     doc["array_job_ids"].append(submitted.job_id)
     doc["submissions"].append(entry)
     runs.write_json(storage.join(sweep_dir, SWEEP_FILE), doc)

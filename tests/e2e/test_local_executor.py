@@ -5,7 +5,7 @@ import os
 import pytest
 
 from jobutil import ROOT, TINY, data_overrides, make_dataset, read_status, train_iterations, wait_for
-from orchestrator import cli, submission
+from orchestrator import cli, runs, submission
 
 pytestmark = pytest.mark.e2e
 CONFIG = os.path.join(ROOT, "configs", "demo.yml")
@@ -33,7 +33,7 @@ def test_local_submit_status_logs_cancel_resume(data_root, tmp_path, capsys):
     wait_for(lambda: submission.run_status(run_dir)["state"] == "CANCELLED", 120, "CANCELLED")
     stopped = read_status(run_dir)
     assert stopped["state"] == "PREEMPTED" and 6 <= stopped["iteration"] < 40   # it checkpointed on the way out
-    assert submission.latest_checkpoint(run_dir).endswith(f"iter_{stopped['iteration']:09d}.pth")
+    assert runs.latest_checkpoint(run_dir).endswith(f"iter_{stopped['iteration']:09d}.pth")
 
     assert cli.main(["resume", "loc", "--work-dir", work_dir]) == 0
     assert "resumed run loc (CANCELLED)" in capsys.readouterr().out
