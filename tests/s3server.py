@@ -19,8 +19,6 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 GRPC_PORT_OFFSET = 10000  # weed's default gRPC port = http port + 10000
 _PORT_NAMES = ("s3", "master", "volume", "filer", "admin")

@@ -24,7 +24,7 @@ import pytest
 from jobutil import (ROOT, TINY, assert_bitwise_equal, data_overrides, env, load_weights, make_run,
                      read_status, train_iterations, wait_for)
 from orchestrator import cli, submission
-from slurmutil import show_job, wait_for_job
+from slurmutil import wait_for_job
 
 pytestmark = pytest.mark.cluster
 CONFIG = os.path.join(ROOT, "configs", "demo.yml")

@@ -15,7 +15,7 @@ import pytest
 from jobutil import (ROOT, TINY, assert_bitwise_equal, data_overrides, load_weights, read_status,
                      train_iterations, wait_for)
 from orchestrator import cli
-from slurmutil import job_state, show_job, wait_for_job
+from slurmutil import job_state, wait_for_job
 
 pytestmark = pytest.mark.cluster
 CONFIG = os.path.join(ROOT, "configs", "demo.yml")

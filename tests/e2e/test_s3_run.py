@@ -2,7 +2,6 @@
 checkpoints, status, metrics and TensorBoard land in the bucket, the store going away mid-run does not
 stop training or harm saved checkpoints, and the run resumes from the bucket."""
 import json
-import os
 import subprocess
 import sys
 import threading
