@@ -85,6 +85,7 @@ class S3Server:
         self.log_path = os.path.join(self.data_dir, "weed.log")
         self._process: subprocess.Popen | None = None
         self._log_file = None
+        self._sentinel_written = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _write_s3_config(self) -> str:
@@ -134,7 +135,11 @@ class S3Server:
         return self._process is not None and self._process.poll() is None
 
     def _wait_ready(self) -> None:
-        """Ready = an authenticated HEAD of the bucket answers 200 (bucket created, IAM loaded)."""
+        """Ready = the bucket answers an authenticated HEAD (bucket created, IAM loaded) *and* a
+        sentinel object reads back. The sentinel is written on the first start; after a restart,
+        reading it proves that the volumes written before the restart are served again (the S3
+        port answers before the volume server has registered with the master, and a GET in that
+        window fails with InternalError)."""
         deadline = time.monotonic() + self.start_timeout_s
         last = "no answer yet"
         while time.monotonic() < deadline:
@@ -142,16 +147,19 @@ class S3Server:
                 raise RuntimeError(f"weed mini exited with {self._process.returncode}; see {self.log_path}:\n"
                                    + self.log_tail())
             try:
-                if self._head_bucket() == 200:
+                last = self._probe()
+                if last == "ready":
                     return
-                last = "bucket not ready"
             except Exception as exc:  # connection refused while it starts
                 last = f"{type(exc).__name__}: {exc}"
             time.sleep(0.2)
         raise RuntimeError(f"weed mini did not answer on {self.endpoint_url} within "
                            f"{self.start_timeout_s:.0f} s ({last}); see {self.log_path}:\n{self.log_tail()}")
 
-    def _head_bucket(self) -> int:
+    SENTINEL_KEY = "_s3server/sentinel"
+
+    def _probe(self) -> str:
+        """"ready", or what is not ready yet."""
         import botocore.config  # test-only dependency, imported late
         import botocore.session
 
@@ -160,10 +168,18 @@ class S3Server:
             aws_access_key_id=self.key, aws_secret_access_key=self.secret,
             config=botocore.config.Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5))
         try:
-            resp = client.head_bucket(Bucket=self.bucket)
-            return resp["ResponseMetadata"]["HTTPStatusCode"]
-        except client.exceptions.ClientError as exc:
-            return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            try:
+                client.head_bucket(Bucket=self.bucket)
+            except client.exceptions.ClientError as exc:
+                return f"bucket not ready: {exc}"
+            if not self._sentinel_written:
+                client.put_object(Bucket=self.bucket, Key=self.SENTINEL_KEY, Body=b"ok")
+                self._sentinel_written = True
+            try:
+                body = client.get_object(Bucket=self.bucket, Key=self.SENTINEL_KEY)["Body"].read()
+            except client.exceptions.ClientError as exc:
+                return f"objects not readable yet: {exc}"
+            return "ready" if body == b"ok" else f"sentinel reads back {body!r}"
         finally:
             client.close()
 
