@@ -16,7 +16,8 @@ import sys
 import time
 from types import FrameType
 
-from orchestrator import runs, storage
+from orchestrator import procfs, runs, storage
+from orchestrator.procfs import descendants
 
 RDZV_BASE_PORT = 29400
 RDZV_PORTS = 1000          # rendezvous ports RDZV_BASE_PORT .. +999 on a job's first node
@@ -62,26 +63,6 @@ class SignalRelay:
     def warned(self) -> bool:
         """A preemption / time-limit warning (not a cancel)."""
         return any(name in ("SIGUSR2", "SIGUSR1") for name in self.received)
-
-
-def descendants(root_pid: int) -> list[int]:
-    """Pids of every live descendant of ``root_pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found, stack = [], [root_pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
 def node_info() -> dict:
@@ -234,11 +215,10 @@ def count_workers(torchrun_pid: int) -> int:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
-        except (OSError, ValueError):
+        except OSError:
             continue
-        alive += int(b"jobs.train" in argv and state != "Z" and int(ppid) == torchrun_pid)
+        st = procfs.stat(pid)
+        alive += int(b"jobs.train" in argv and st is not None and st.state != "Z" and st.ppid == torchrun_pid)
     return alive
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 from typing import Any
 
+from orchestrator import procfs
 from orchestrator.executors.base import Executor, JobRequest, SubmissionError, Submitted, time_to_minutes
 
 
@@ -18,11 +19,8 @@ def _has_nvidia_gpu() -> bool:
 
 def _process_state(pid: int) -> str | None:
     """'R'/'S'/… for a live process, 'Z' for a zombie, None when gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
+    st = procfs.stat(pid)
+    return st.state if st else None
 
 
 class LocalExecutor(Executor):
