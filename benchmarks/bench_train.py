@@ -42,7 +42,7 @@ def make_doc(tmp: str, args: argparse.Namespace) -> dict:
     overrides = [f"model.name={args.model}", f"data.train.ann_file={data}/train.json",
                  f"data.train.img_dir={data}/train", "data.val.ann_file=null", f"data.batch_per_gpu={args.batch}",
                  f"data.num_workers={args.workers}", f"schedule.max_iters={args.iters + WARMUP}",
-                 "schedule.log_every_iters=1", "schedule.eval_every_iters=100000",
+                 "schedule.log_every_iters=10", "schedule.eval_every_iters=100000",
                  "schedule.checkpoint_every_iters=100000", f"work_dir={tmp}/runs", "optimizer.base_lr=0.001"]
     if args.size != 320 or "ssd" not in args.model:
         overrides += [f"model.min_size={args.size}", f"model.max_size={args.size}"]
@@ -58,7 +58,8 @@ def plain_loop(doc: dict, device) -> dict:
 
     loader = data.build_train_loader(doc["config"], doc["plan"], 0, 1)
     model = models.build_model(doc["config"]["model"], len(loader.dataset.category_ids) + 1).to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    cfg = doc["config"]["optimizer"]  # the same SGD as the job's (momentum, weight decay)
+    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
     steps, waits = [], []
     batches = iter(loader)
     last = time.perf_counter()
@@ -86,18 +87,31 @@ def plain_loop(doc: dict, device) -> dict:
 
 
 def job_loop(doc: dict, device) -> dict:
+    from jobs import runlog
     from jobs.distributed import DistInfo
     from jobs.engine import Trainer
 
-    trainer = Trainer(doc, DistInfo(0, 1, 0, device, None))
-    trainer.resume_or_load()
-    trainer.train()
-    trainer.close()
-    with open(os.path.join(doc["run_dir"], "metrics.jsonl")) as f:
-        records = [r for r in map(json.loads, f) if r["type"] == "train"]
-    # the engine logs moving averages; per-iteration times come from consecutive log records
-    rows = records[WARMUP:]
-    return {"step_s": sum(r["time"] for r in rows) / len(rows), "wait_s": sum(r["data_time"] for r in rows) / len(rows),
+    # Time every iteration as the plain loop does: the engine calls Progress.tick once per step
+    # (after the optimizer step, before logging), with that step's data wait. Its logged times
+    # are 20-step moving averages, which would smear the slow first step over the next 19.
+    ticks: list[tuple[float, float]] = []
+    real_tick = runlog.Progress.tick
+
+    def tick(self, data_time: float) -> None:
+        ticks.append((time.perf_counter(), data_time))
+        real_tick(self, data_time)
+
+    runlog.Progress.tick = tick
+    try:
+        trainer = Trainer(doc, DistInfo(0, 1, 0, device, None))
+        trainer.resume_or_load()
+        trainer.train()
+        trainer.close()
+    finally:
+        runlog.Progress.tick = real_tick
+    steps = [b[0] - a[0] for a, b in zip(ticks, ticks[1:])][WARMUP - 1:]
+    waits = [t[1] for t in ticks][WARMUP:]
+    return {"step_s": sum(steps) / len(steps), "wait_s": sum(waits) / len(waits),
             "memory_mb": peak_memory_mb(device)}
 
 
