@@ -8,4 +8,4 @@ if [ "$(id -u)" = 0 ] && [ -x slurm/install.sh ] && ! command -v slurmctld >/dev
 fi
 python3 -c "import orchestrator, torch, torchvision, submitit, s3fs, onnxruntime" 2>/dev/null \
   || python3 -m pip install -q torch==2.14.1 torchvision==0.29.1 -e ".[test]"
-exec python3 -m pytest -q -p no:cacheprovider "$@" tests
+exec python3 -m pytest -q -p no:cacheprovider --durations=15 "$@" tests
