@@ -15,10 +15,9 @@ import torch
 
 from jobs import data as data_mod
 from jobs import distributed as dist_mod
-from jobs import evaluate, models
+from jobs import evaluate, models, preemption
 from jobs.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from jobs.distributed import DistInfo
-from jobs.preemption import PreemptionFlag
 from jobs.runlog import Progress, RunLog
 from jobs.schedule import lr_factor
 from orchestrator import runs
@@ -42,7 +41,7 @@ class Trainer:
         self.best_metric: float | None = None
         self.pending_eval = False
         self.last_eval: dict[str, float] = {}
-        self.stop = PreemptionFlag().install()
+        self.stop = preemption.install()
         self.runlog = RunLog(self.run_dir, self.plan["max_iters"], enabled=dist_info.is_main)
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=self.config["schedule"]["keep_last"],
                                              logger=log) if dist_info.is_main else None

@@ -23,6 +23,7 @@ RDZV_BASE_PORT = 29400
 RDZV_PORTS = 1000          # rendezvous ports RDZV_BASE_PORT .. +999 on a job's first node
 RDZV_PORTS_PER_JOB = 4     # consecutive requeues of one job use different ports (then wrap)
 NODE_HEARTBEAT_S = 15.0    # how often each launcher rewrites <run_dir>/nodes/node-<rank>.json
+REDELIVER_S = 5.0          # after a warning, how often it is sent again to workers that are still running
 PEER_EXIT_GRACE_S = 30.0   # after another node's torchrun failed, how long this node's workers may take to stop
 NODES_DIR = "nodes"
 FORWARDED_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -33,11 +34,17 @@ class LaunchError(RuntimeError):
 
 
 class SignalRelay:
-    """Replace submitit's handlers: remember the signal and pass it to torchrun's process group."""
+    """Replace submitit's handlers: remember the signal and pass it to torchrun's process group.
+
+    A worker that has not yet installed its handler (the first instant of its start) ignores the
+    signal, so until torchrun exits the signal is sent again every REDELIVER_S to the workers
+    alone (a handled signal only sets their flag again).
+    """
 
     def __init__(self) -> None:
         self.received: list[str] = []
         self.child: subprocess.Popen | None = None
+        self.forwarded: int | None = None
 
     def install(self) -> "SignalRelay":
         for sig in FORWARDED_SIGNALS:
@@ -52,12 +59,18 @@ class SignalRelay:
             forward = signal.SIGUSR2 if signum == signal.SIGUSR1 else signum
             if signum == signal.SIGINT:
                 forward = signal.SIGTERM
+            self.forwarded = forward
             # torchrun starts each worker in a session of its own: signal every descendant
-            for pid in [self.child.pid] + descendants(self.child.pid):
-                try:
-                    os.kill(pid, forward)
-                except ProcessLookupError:
-                    pass
+            _kill_all([self.child.pid] + descendants(self.child.pid), forward)
+
+    def redeliver(self) -> None:
+        if self.forwarded is not None and self.child is not None and self.child.poll() is None:
+            _kill_all(worker_pids(self.child.pid), self.forwarded)
+
+    def reset(self) -> None:
+        """A new torchrun: nothing received or forwarded yet."""
+        self.received.clear()
+        self.forwarded = None
 
     @property
     def warned(self) -> bool:
@@ -155,7 +168,7 @@ class NodeRecord:
         return storage.join(self.run_dir, NODES_DIR, f"node-{node_rank}.json")
 
     def heartbeat(self, torchrun: subprocess.Popen) -> None:
-        self.update(state="RUNNING", workers=count_workers(torchrun.pid))
+        self.update(state="RUNNING", workers=len(worker_pids(torchrun.pid)))
 
     def failed_peers(self) -> list[dict]:
         """Other nodes of this very attempt (job id and restart) whose torchrun has ended abnormally."""
@@ -201,16 +214,20 @@ class PeerWatch:
         self.reason = (f"node {peer.get('node_rank')} ({peer.get('hostname')}) ended (torchrun exit code "
                        f"{peer.get('exit_code')}) and this node's workers had not stopped {PEER_EXIT_GRACE_S:.0f} s later")
         print(f"[orch launch] {self.reason}: killing them", flush=True)
-        for pid in [torchrun.pid] + descendants(torchrun.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill_all([torchrun.pid] + descendants(torchrun.pid), signal.SIGKILL)
 
 
-def count_workers(torchrun_pid: int) -> int:
+def _kill_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def worker_pids(torchrun_pid: int) -> list[int]:
     """Live training processes (``jobs.train``) started by this node's torchrun (not their data loaders)."""
-    alive = 0
+    found = []
     for pid in descendants(torchrun_pid):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -218,8 +235,9 @@ def count_workers(torchrun_pid: int) -> int:
         except OSError:
             continue
         st = procfs.stat(pid)
-        alive += int(b"jobs.train" in argv and st is not None and st.state != "Z" and st.ppid == torchrun_pid)
-    return alive
+        if b"jobs.train" in argv and st is not None and st.state != "Z" and st.ppid == torchrun_pid:
+            found.append(pid)
+    return found
 
 
 def read_job_state(run_dir: str) -> dict:
@@ -242,7 +260,17 @@ def run_node(run_dir: str) -> str:
               f"restart {info['restarts'] + local_attempts}: {' '.join(cmd)}", flush=True)
         relay.child = subprocess.Popen(cmd, env=worker_env(plan["gpus_per_node"]))
         record.update(state="RUNNING", restart=info["restarts"] + local_attempts, exit_code=None)
-        code = _wait(relay.child, lambda: (record.heartbeat(relay.child), watch.check(relay.child)))
+        next_heartbeat = time.monotonic() + NODE_HEARTBEAT_S
+
+        def tick() -> None:
+            nonlocal next_heartbeat
+            relay.redeliver()
+            if time.monotonic() >= next_heartbeat:
+                next_heartbeat = time.monotonic() + NODE_HEARTBEAT_S
+                record.heartbeat(relay.child)
+                watch.check(relay.child)
+
+        code = _wait(relay.child, REDELIVER_S, tick)
         state = read_job_state(run_dir).get("state")
         record.update(state="EXITED", workers=0, exit_code=code, run_state=state)
         print(f"[orch launch] torchrun exited with {code}; run state {state}", flush=True)
@@ -260,7 +288,7 @@ def run_node(run_dir: str) -> str:
                     _requeue_slurm(info["job_id"])
                 return "REQUEUED"
             local_attempts += 1
-            relay.received.clear()
+            relay.reset()
             continue
         if state == "PREEMPTED" or relay.received:
             raise LaunchError(f"stopped by {', '.join(relay.received) or 'a signal'} after checkpointing "
@@ -271,13 +299,13 @@ def run_node(run_dir: str) -> str:
         raise LaunchError(f"training failed: {error}")
 
 
-def _wait(child: subprocess.Popen, heartbeat=None) -> int:
-    """torchrun's exit code; ``heartbeat()`` runs every NODE_HEARTBEAT_S meanwhile."""
+def _wait(child: subprocess.Popen, every_s: float, tick) -> int:
+    """torchrun's exit code; ``tick()`` runs every ``every_s`` meanwhile."""
     while True:
         try:
-            return child.wait(timeout=NODE_HEARTBEAT_S if heartbeat else None)
+            return child.wait(timeout=every_s)
         except subprocess.TimeoutExpired:
-            heartbeat()
+            tick()
         except InterruptedError:  # a signal arrived: keep waiting for the workers to checkpoint
             continue
 

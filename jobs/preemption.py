@@ -29,3 +29,20 @@ class PreemptionFlag:
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
+
+
+_FLAG: PreemptionFlag | None = None
+
+
+def install() -> PreemptionFlag:
+    """The process's one flag, with its handlers installed on the first call.
+
+    `jobs.train` calls this before it imports torch (seconds): under torchrun the workers start
+    with these signals ignored (inherited from the agent, jobs/torchrun_wrapper.py), so a warning
+    that came during the imports would otherwise be lost. Later calls return the same flag: a
+    second handler would forget a signal the first one recorded.
+    """
+    global _FLAG
+    if _FLAG is None:
+        _FLAG = PreemptionFlag().install()
+    return _FLAG

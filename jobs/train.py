@@ -12,7 +12,7 @@ import multiprocessing
 import signal
 import sys
 
-from jobs import distributed
+from jobs import preemption
 from jobs.runlog import setup_console_logging
 from orchestrator import runs, storage
 from orchestrator.errors import OrchError
@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    preemption.install()  # first, before torch loads: a warning during the imports must not be lost
+    from jobs import distributed  # imports torch
+
     args = parse_args(argv)
     doc = runs.read_plan(args.run)
     config = doc["config"]
