@@ -6,7 +6,7 @@ What is measured, per repeat, in a fresh work dir on local disk:
 
 * ``orch sweep`` end to end (a new Python process: imports, config, 1,000 random points each
   validated and planned on its own, the cheap dataset check, sweep.json, 1,000 run dirs with
-  config.yml + plan.json + submissions.json, every file fsynced, ONE sbatch of the job array,
+  config.yml + plan.json + submissions.json, one syncfs for them all, ONE sbatch of the job array,
   submitted held first so the job ids are known while the run dirs are written).
   With a running local SLURM cluster (slurm/cluster.sh) the array is really submitted, held
   (``--hold``), checked with scontrol and cancelled; without one this part is skipped. SLURM

@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 _storage_options: dict[str, dict[str, Any]] = {}
 _LOCAL_PROTOCOLS = {"file", "local"}
+_deferred_sync_dirs: list[str] | None = None  # inside one_sync(): local writes are synced once, at the end
 
 
 class StorageError(OrchError, RuntimeError):
@@ -256,7 +257,8 @@ def write_bytes(url: str, data: bytes) -> None:
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
-                os.fsync(f.fileno())
+                if _deferred_sync_dirs is None:
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as exc:
             if os.path.exists(tmp):
@@ -265,6 +267,44 @@ def write_bytes(url: str, data: bytes) -> None:
         return
     makedirs(parent(url))
     _wrap(url, "write", lambda: fs.pipe_file(path, data))
+
+
+@contextlib.contextmanager
+def one_sync(url: str) -> Iterator[None]:
+    """Many small local writes under ``url`` made durable by one sync at the end instead of an
+    fsync each (a 1,000-point sweep writes 3,000 files). Each file is still written under a temp
+    name and renamed, so readers never see a torn one; what the block wrote is on disk once it
+    exits normally. Object stores need nothing: each PUT is durable when it returns.
+    """
+    global _deferred_sync_dirs
+    if not is_local(url) or _deferred_sync_dirs is not None:
+        yield
+        return
+    _deferred_sync_dirs = [filesystem(url)[1]]
+    try:
+        yield
+    finally:
+        dirs, _deferred_sync_dirs = _deferred_sync_dirs, None
+    _sync_filesystem(dirs[0], url)
+
+
+def _sync_filesystem(path: str, url: str) -> None:
+    """syncfs(2) on the file system holding ``path`` (Linux); sync(2) elsewhere."""
+    import ctypes
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise StorageError(f"could not sync {url}: {exc}") from exc
+    try:
+        syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+        if syncfs is None:
+            os.sync()
+        elif syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise StorageError(f"could not sync {url}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 def write_text(url: str, text: str) -> None:

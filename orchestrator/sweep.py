@@ -34,7 +34,7 @@ from orchestrator.executors.base import ACTIVE_STATES
 
 SWEEP_FILE = "sweep.json"
 MAX_POINTS = 10_000
-IO_THREADS = 16          # run dirs are written in parallel: each file is fsynced
+IO_THREADS = 16          # run dirs are written in parallel (an object store answers each PUT slowly)
 RANDOM_SIGNIFICANT_DIGITS = 6
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 _CALL_RE = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.DOTALL)
@@ -366,7 +366,8 @@ def submit_sweep(prepared: PreparedSweep, config_file: str | None = None) -> dic
     try:
         runs.write_json(storage.join(sweep_dir, SWEEP_FILE), doc)
         submitted = executor.submit_array(held, task_ids, prepared.run_dir_format)
-        _parallel(write_point, prepared.points)
+        with storage.one_sync(sweep_dir):  # on disk before the array is released
+            _parallel(write_point, prepared.points)
         entry = _record_array(sweep_dir, doc, submitted, task_ids, "sweep", prepared.max_parallel)
         if not prepared.request.extra.get("hold"):
             executor.release(submitted.job_id)
