@@ -46,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          help="class names: a classes.txt / data.yaml file or a comma-separated list "
                               "(YOLO: index order; default: classes.txt or data.yaml in SRC. VOC: fixes the "
                               "category order; default: all names, sorted)")
+    convert.add_argument("--image-set", metavar="NAME",
+                         help="VOC only: convert just the ids in SRC/ImageSets/Main/NAME.txt (e.g. train, val, "
+                              "trainval); default: every XML")
     convert.set_defaults(func=cmd_convert)
 
     split = data_sub.add_parser(
@@ -112,12 +115,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     classes = datatools.read_class_names(args.classes) if args.classes else None
     out = storage.absolute(args.out)
     if args.format == "yolo":
+        if args.image_set:
+            raise datatools.DatasetError("--image-set reads VOC's ImageSets/Main lists; for YOLO, convert the "
+                                         "folder of that split (e.g. images/train) instead")
         summary = datatools.convert_yolo(args.src, out, classes=classes)
         details = (f"layout {summary['layout']}, class names from {summary['class_names_from']}; "
                    f"{summary['images_without_labels']} images without a label file (kept as background), "
                    f"{summary['labels_without_images']} label files without an image (ignored)")
     else:
-        summary = datatools.convert_voc(args.src, out, classes=classes)
+        summary = datatools.convert_voc(args.src, out, classes=classes, image_set=args.image_set)
         details = f"{summary['difficult_as_crowd']} difficult objects kept as iscrowd=1 (ignored in training/eval)"
     print(f"wrote {summary['out_url']}: {summary['images']} images, {summary['annotations']} boxes, "
           f"{summary['categories']} categories")

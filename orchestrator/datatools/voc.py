@@ -8,7 +8,8 @@ relative to the *images dir* (``SRC/JPEGImages`` when it exists, else the XML fo
 VOC boxes are 1-based inclusive pixel indices; the COCO box is
 ``[xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]`` (detectron2's VOC rule).
 ``difficult`` objects are kept with ``iscrowd: 1``, so training and COCO evaluation ignore them.
-Categories are the given ``classes`` in that order, else all object names sorted alphabetically
+``image_set`` (e.g. ``trainval``) converts only the ids listed in ``SRC/ImageSets/Main/<set>.txt``,
+as VOC's own splits do. Categories are the given ``classes`` in that order, else all object names sorted alphabetically
 (so the ids do not depend on file order); ids are 1..K. Image ids follow the sorted XML paths.
 """
 from __future__ import annotations
@@ -23,7 +24,8 @@ from orchestrator.datatools._common import (
 )
 
 
-def convert_voc(src_dir: str, out_url: str, *, classes: list[str] | None = None) -> dict[str, Any]:
+def convert_voc(src_dir: str, out_url: str, *, classes: list[str] | None = None,
+                image_set: str | None = None) -> dict[str, Any]:
     """Convert the VOC XML files under ``src_dir`` to a COCO file at ``out_url``; returns a summary."""
     src_dir = storage.absolute(src_dir).rstrip("/")
     if not storage.isdir(src_dir):
@@ -38,6 +40,8 @@ def convert_voc(src_dir: str, out_url: str, *, classes: list[str] | None = None)
     xml_files = [f for f in list_files(xml_dir) if f.lower().endswith(".xml")]
     if not xml_files:
         raise DatasetError(f"no .xml files under {xml_dir}: is {src_dir} a Pascal VOC dataset?")
+    if image_set is not None:
+        xml_files = _image_set_files(src_dir, image_set, xml_dir, xml_files)
 
     records = [_read_xml(storage.join(xml_dir, f), images_dir) for f in xml_files]
     seen_names = sorted({obj["name"] for rec in records for obj in rec["objects"]})
@@ -67,6 +71,26 @@ def convert_voc(src_dir: str, out_url: str, *, classes: list[str] | None = None)
     return {"out_url": out_url, "images_dir": images_dir, "xml_dir": xml_dir, "images": len(images),
             "annotations": len(annotations), "difficult_as_crowd": difficult,
             "categories": len(categories)}
+
+
+def _image_set_files(src_dir: str, image_set: str, xml_dir: str, xml_files: list[str]) -> list[str]:
+    """The XML files of the ids in ``ImageSets/Main/<image_set>.txt`` (first word of each line), in file order."""
+    sets_dir = storage.join(src_dir, "ImageSets", "Main")
+    list_url = storage.join(sets_dir, f"{image_set}.txt")
+    if not storage.exists(list_url):
+        available = sorted(f[:-4] for f in list_files(sets_dir) if f.endswith(".txt") and "/" not in f)
+        raise DatasetError(f"--image-set {image_set}: {list_url} does not exist"
+                           + (f"; the sets there are: {', '.join(available)}" if available
+                              else "; this dataset has no ImageSets/Main lists (leave --image-set out to convert every XML)"))
+    by_id = {posixpath.splitext(f)[0]: f for f in xml_files}
+    ids = [line.split()[0] for line in storage.read_text(list_url).splitlines() if line.strip()]
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise DatasetError(f"{list_url} lists {len(missing)} id(s) with no XML in {xml_dir}, e.g. "
+                           f"{', '.join(missing[:3])}: is the list from this dataset?")
+    if not ids:
+        raise DatasetError(f"{list_url} lists no image ids")
+    return list(dict.fromkeys(by_id[i] for i in ids))
 
 
 def _read_xml(url: str, images_dir: str) -> dict[str, Any]:

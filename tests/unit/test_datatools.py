@@ -433,6 +433,32 @@ def test_voc_explicit_classes_fix_the_order_and_reject_unknown_names(tmp_path):
         convert_voc(str(tmp_path), str(tmp_path / "out.json"), classes=["cat"])
 
 
+def test_voc_image_set_converts_only_the_listed_ids(tmp_path, capsys):
+    write_voc(str(tmp_path))
+    os.makedirs(tmp_path / "ImageSets" / "Main")
+    (tmp_path / "ImageSets" / "Main" / "val.txt").write_text("two\n\nempty  -1\n")
+    (tmp_path / "ImageSets" / "Main" / "train.txt").write_text("one\n")
+    summary = convert_voc(str(tmp_path), str(tmp_path / "val.json"), image_set="val")
+    coco, boxes = boxes_by_file(str(tmp_path / "val.json"))
+    assert [i["file_name"] for i in coco["images"]] == ["two.png", "empty.png"]  # the list's order
+    assert summary["images"] == 2 and boxes["two.png"] == [("dog", [12.0, 7.0, 25.0, 13.0], 1)]
+    assert [c["name"] for c in coco["categories"]] == ["dog"]  # names seen in this set only
+
+    out = str(tmp_path / "train.json")
+    assert cli.main(["data", "convert", "voc", str(tmp_path), "--out", out, "--image-set", "train",
+                     "--classes", "cat,dog"]) == 0
+    assert f"wrote {out}: 1 images, 2 boxes, 2 categories" in capsys.readouterr().out
+
+    assert cli.main(["data", "convert", "voc", str(tmp_path), "--out", out, "--image-set", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "test.txt does not exist; the sets there are: train, val" in err and "Traceback" not in err
+    (tmp_path / "ImageSets" / "Main" / "bad.txt").write_text("one\nthree\n")
+    with pytest.raises(DatasetError, match="1 id\\(s\\) with no XML .* e.g. three"):
+        convert_voc(str(tmp_path), out, image_set="bad")
+    assert cli.main(["data", "convert", "yolo", str(tmp_path), "--out", out, "--image-set", "val"]) == 2
+    assert "--image-set reads VOC's ImageSets/Main lists" in capsys.readouterr().err
+
+
 def test_voc_without_size_reads_the_image_header(tmp_path):
     write_voc(str(tmp_path))
     xml_path = tmp_path / "Annotations" / "two.xml"
