@@ -17,7 +17,6 @@ import time
 from types import FrameType
 
 from orchestrator import procfs, runs, storage
-from orchestrator.procfs import descendants
 
 RDZV_BASE_PORT = 29400
 RDZV_PORTS = 1000          # rendezvous ports RDZV_BASE_PORT .. +999 on a job's first node
@@ -61,7 +60,7 @@ class SignalRelay:
                 forward = signal.SIGTERM
             self.forwarded = forward
             # torchrun starts each worker in a session of its own: signal every descendant
-            _kill_all([self.child.pid] + descendants(self.child.pid), forward)
+            _kill_all([self.child.pid] + procfs.descendants(self.child.pid), forward)
 
     def redeliver(self) -> None:
         if self.forwarded is not None and self.child is not None and self.child.poll() is None:
@@ -214,7 +213,7 @@ class PeerWatch:
         self.reason = (f"node {peer.get('node_rank')} ({peer.get('hostname')}) ended (torchrun exit code "
                        f"{peer.get('exit_code')}) and this node's workers had not stopped {PEER_EXIT_GRACE_S:.0f} s later")
         print(f"[orch launch] {self.reason}: killing them", flush=True)
-        _kill_all([torchrun.pid] + descendants(torchrun.pid), signal.SIGKILL)
+        _kill_all([torchrun.pid] + procfs.descendants(torchrun.pid), signal.SIGKILL)
 
 
 def _kill_all(pids: list[int], sig: int) -> None:
@@ -228,14 +227,15 @@ def _kill_all(pids: list[int], sig: int) -> None:
 def worker_pids(torchrun_pid: int) -> list[int]:
     """Live training processes (``jobs.train``) started by this node's torchrun (not their data loaders)."""
     found = []
-    for pid in descendants(torchrun_pid):
+    for pid, st in procfs.processes().items():
+        if st.ppid != torchrun_pid or st.state == "Z":
+            continue
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        st = procfs.stat(pid)
-        if b"jobs.train" in argv and st is not None and st.state != "Z" and st.ppid == torchrun_pid:
+        if b"jobs.train" in argv:
             found.append(pid)
     return found
 

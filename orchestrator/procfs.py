@@ -21,22 +21,22 @@ def stat(pid: int | str) -> ProcStat | None:
         return None
 
 
-def parents() -> dict[int, int]:
-    """pid → parent pid of every process visible in /proc."""
+def processes() -> dict[int, ProcStat]:
+    """State and parent of every process visible in /proc."""
     found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             st = stat(entry)
             if st is not None:
-                found[int(entry)] = st.ppid
+                found[int(entry)] = st
     return found
 
 
 def descendants(root_pid: int) -> list[int]:
     """Pids of every live descendant of ``root_pid``."""
     children: dict[int, list[int]] = {}
-    for pid, ppid in parents().items():
-        children.setdefault(ppid, []).append(pid)
+    for pid, st in processes().items():
+        children.setdefault(st.ppid, []).append(pid)
     found, stack = [], [root_pid]
     while stack:
         for child in children.get(stack.pop(), []):

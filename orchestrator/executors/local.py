@@ -17,12 +17,6 @@ def _has_nvidia_gpu() -> bool:
     return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
 
 
-def _process_state(pid: int) -> str | None:
-    """'R'/'S'/… for a live process, 'Z' for a zombie, None when gone."""
-    st = procfs.stat(pid)
-    return st.state if st else None
-
-
 class LocalExecutor(Executor):
     name = "local"
 
@@ -50,8 +44,8 @@ class LocalExecutor(Executor):
         return Submitted(job_id=str(job.job_id), executor=self.name, log_dir=req.log_dir)
 
     def status(self, job_id: str) -> dict[str, Any]:
-        state = _process_state(int(job_id))
-        if state is None or state == "Z":
+        st = procfs.stat(int(job_id))
+        if st is None or st.state == "Z":  # gone, or exited and not yet reaped
             return {"state": "ENDED", "restarts": 0}
         return {"state": "RUNNING", "restarts": 0}
 

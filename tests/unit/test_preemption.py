@@ -7,6 +7,7 @@ import textwrap
 import time
 
 from jobs import launch, preemption
+from orchestrator import procfs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -93,7 +94,7 @@ def test_relay_sends_the_warning_again_to_a_worker_that_was_not_listening_yet(tm
         assert open(got).read() == "SIGUSR2"
     finally:
         if relay.child.poll() is None:
-            for pid in launch.descendants(relay.child.pid) + [relay.child.pid]:
+            for pid in procfs.descendants(relay.child.pid) + [relay.child.pid]:
                 os.kill(pid, signal.SIGKILL)
             relay.child.wait()
 
