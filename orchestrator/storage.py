@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 _storage_options: dict[str, dict[str, Any]] = {}
 _LOCAL_PROTOCOLS = {"file", "local"}
-_deferred_sync_dirs: list[str] | None = None  # inside one_sync(): local writes are synced once, at the end
+_sync_deferred = False  # inside one_sync(): local writes skip their fsync; the block syncs once at its end
 
 
 class StorageError(OrchError, RuntimeError):
@@ -257,7 +257,7 @@ def write_bytes(url: str, data: bytes) -> None:
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
-                if _deferred_sync_dirs is None:
+                if not _sync_deferred:
                     os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as exc:
@@ -276,16 +276,16 @@ def one_sync(url: str) -> Iterator[None]:
     name and renamed, so readers never see a torn one; what the block wrote is on disk once it
     exits normally. Object stores need nothing: each PUT is durable when it returns.
     """
-    global _deferred_sync_dirs
-    if not is_local(url) or _deferred_sync_dirs is not None:
+    global _sync_deferred
+    if not is_local(url) or _sync_deferred:
         yield
         return
-    _deferred_sync_dirs = [filesystem(url)[1]]
+    _sync_deferred = True
     try:
         yield
     finally:
-        dirs, _deferred_sync_dirs = _deferred_sync_dirs, None
-    _sync_filesystem(dirs[0], url)
+        _sync_deferred = False
+    _sync_filesystem(filesystem(url)[1], url)
 
 
 def _sync_filesystem(path: str, url: str) -> None:
