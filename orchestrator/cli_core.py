@@ -29,8 +29,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     plan = sub.add_parser("plan", help="show the plan (lr, iterations, periods, nodes) for a config",
                           description="Plan a run: linear LR scaling, epochs → iterations, nodes × GPUs.")
     add_config_arguments(plan)
-    plan.add_argument("--gpus", type=int, help="total GPUs (default: resources.gpus)")
-    plan.add_argument("--train-images", type=int,
+    plan.add_argument("--gpus", type=positive_int, help="total GPUs (default: resources.gpus)")
+    plan.add_argument("--train-images", type=positive_int,
                       help="plan for this many training images instead of reading data.train.ann_file")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(func=cmd_plan)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -15,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from orchestrator import storage
+from orchestrator import modelspec, storage
 from orchestrator.errors import OrchError
-from orchestrator.schema import SCHEMA, Field, all_key_paths, defaults
+from orchestrator.schema import EITHER_OR, SCHEMA, Field, all_key_paths, defaults
 
 INCLUDE_KEY = "__include__"
 DEFAULTS_SOURCE = "<default>"
@@ -51,12 +52,49 @@ def get_path(data: dict[str, Any], dotted: str) -> Any:
 
 # ---------------------------------------------------------------- reading and merging
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key written twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.setdefault(key, line)
+                except TypeError:  # an unhashable key: SafeLoader reports it below
+                    continue
+                if first != line:
+                    raise DuplicateKeyError(f"key {key!r} appears twice in one mapping (lines {first} and {line})")
+        return super().construct_mapping(node, deep)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    pass
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 — a SafeLoader subclass
+
+
 def _read_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = _yaml_load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config path {path} is a directory; name a YAML file in it") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} cannot be read (permission denied); fix its permissions") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc}; keep one of them (YAML would silently drop the first)") from None
     except yaml.constructor.ConstructorError as exc:
         raise ConfigError(f"{path}: {exc.problem} {exc.problem_mark or ''}".strip()
                           + " — only plain YAML is accepted (tags like !!python/... are never executed)") from None
@@ -92,7 +130,8 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _load_layers(path: str, stack: tuple[str, ...], sources: dict[str, str]) -> dict[str, Any]:
+def _load_layers(path: str, stack: tuple[str, ...], sources: dict[str, str],
+                 file_order: list[str]) -> dict[str, Any]:
     path = os.path.abspath(path)
     if path in stack:
         cycle = " -> ".join(os.path.relpath(p) for p in stack + (path,))
@@ -108,8 +147,11 @@ def _load_layers(path: str, stack: tuple[str, ...], sources: dict[str, str]) -> 
         inc_path = inc if os.path.isabs(inc) else os.path.join(os.path.dirname(path), inc)
         if not os.path.exists(inc_path):
             raise ConfigError(f"{path}: {INCLUDE_KEY} entry {inc!r} not found (looked for {inc_path})")
-        merged = deep_merge(merged, _load_layers(inc_path, stack + (path,), sources))
+        if os.path.isdir(inc_path):
+            raise ConfigError(f"{path}: {INCLUDE_KEY} entry {inc!r} is a directory ({inc_path}); name a YAML file")
+        merged = deep_merge(merged, _load_layers(inc_path, stack + (path,), sources, file_order))
     _record_sources(raw, os.path.relpath(path), "", sources)
+    file_order.append(os.path.relpath(path))
     return deep_merge(merged, raw)
 
 
@@ -123,7 +165,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+        value = _yaml_load(raw_value) if raw_value.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc})") from None
     return key, value
@@ -141,7 +183,13 @@ def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
 
 # ---------------------------------------------------------------- validation
 
-def _did_you_mean(path: str) -> str:
+def _did_you_mean(path: str, siblings: Any = (), prefix: str = "", key: str = "") -> str:
+    """A key next to the unknown one first (``resize.min_sise`` → ``resize.min_size``), else any key."""
+    close = difflib.get_close_matches(key, list(siblings), n=1, cutoff=0.6) if key else []
+    if close:
+        return f"; did you mean {prefix + close[0] + path[len(prefix) + len(key):]!r}?"
+    if "[" in path:  # inside a list: global paths would only suggest the list itself
+        return ""
     matches = difflib.get_close_matches(path, all_key_paths(), n=1, cutoff=0.6)
     if not matches:
         leaf = path.rsplit(".", 1)[-1]
@@ -150,10 +198,18 @@ def _did_you_mean(path: str) -> str:
 
 
 def _where(path: str, sources: dict[str, str]) -> str:
-    source = sources.get(path)
-    if source is None:
-        return ""
-    return "the command line" if source == "override" else source
+    """The file (or command line) that set ``path`` or, for keys inside lists and maps, its nearest parent."""
+    while path:
+        source = sources.get(path)
+        if source is not None:
+            return "" if source == DEFAULTS_SOURCE else "the command line" if source == "override" else source
+        path = path.rsplit("[", 1)[0] if path.endswith("]") else path.rsplit(".", 1)[0] if "." in path else ""
+    return ""
+
+
+def _prefix(path: str, sources: dict[str, str]) -> str:
+    where = _where(path, sources)
+    return f"{where}: " if where else ""
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -167,52 +223,163 @@ def _type_name(types: tuple[type, ...]) -> str:
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
-def coerce(spec: Field, value: Any) -> Any:
+def coerce(spec: Any, value: Any) -> Any:
     """YAML 1.1 reads ``1e-3`` as a string; people mean a number."""
     if isinstance(value, str) and float in spec.types and _FLOAT_RE.match(value.strip()):
         return float(value)
     return value
 
 
-def _check_field(path: str, spec: Field, value: Any, sources: dict[str, str]) -> None:
-    where = _where(path, sources)
-    prefix = f"{where}: " if where else ""
+def _check_field(path: str, spec: Any, value: Any, sources: dict[str, str]) -> None:
+    """Type, choices and range of one value; ``spec`` is a schema Field or a modelspec Kwarg."""
+    prefix = _prefix(path, sources)
     if value is None:
-        if spec.nullable or spec.default is None:
+        if spec.nullable or getattr(spec, "default", 0) is None:
             return
         raise ConfigError(f"{prefix}{path} must be set ({_type_name(spec.types)}); it is null")
     ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
     if not ok:
         raise ConfigError(f"{prefix}{path} = {value!r} must be {_type_name(spec.types)}")
-    if spec.choices is not None and value not in spec.choices:
-        close = difflib.get_close_matches(str(value), [str(c) for c in spec.choices], n=1)
+    choices = getattr(spec, "choices", None)
+    if choices is not None and value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{prefix}{path} = {value!r} is not one of {', '.join(map(str, spec.choices))}{hint}")
+        raise ConfigError(f"{prefix}{path} = {value!r} is not one of {', '.join(map(str, choices))}{hint}")
     if spec.check is not None:
         problem = spec.check(value)
         if problem:
             raise ConfigError(f"{prefix}{path} = {value!r} {problem}")
 
 
-def validate(data: dict[str, Any], sources: dict[str, str], schema: dict[str, Any] = SCHEMA,
-             prefix: str = "") -> None:
+def _check_keys(path: str, spec: Field, value: Any, sources: dict[str, str]) -> None:
+    """The keys of a ``Field(keys=...)`` mapping or of each ``Field(items=...)`` list entry."""
+    if spec.keys is not None and isinstance(value, dict):
+        entries = [(path, value, spec.keys)]
+    elif spec.items is not None and isinstance(value, list):
+        entries = [(f"{path}[{i}]", item, spec.items) for i, item in enumerate(value)]
+    else:
+        return
+    for entry_path, entry, keys in entries:
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{_prefix(entry_path, sources)}{entry_path} = {entry!r} must be a mapping with keys "
+                              f"{', '.join(keys)}")
+        validate_keys(entry, sources, keys, entry_path + ".")
+        missing = [k for k in spec.required if entry.get(k) is None]
+        if missing:
+            raise ConfigError(f"{_prefix(entry_path, sources)}{entry_path} needs {', '.join(missing)} "
+                              f"(valid keys: {', '.join(keys)}); got {entry!r}")
+
+
+def validate_keys(data: dict[str, Any], sources: dict[str, str], schema: dict[str, Any] = SCHEMA,
+                  prefix: str = "") -> None:
+    """Unknown keys (with a did-you-mean), types and ranges, section by section."""
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key not in schema:
             leaves = _leaf_paths(value, path)
             shown = leaves[0] if len(leaves) == 1 else path  # `schedul.epochs=3` → name the whole key
-            where = _where(path, sources)
-            raise ConfigError(f"{where + ': ' if where else ''}unknown key {shown!r}{_did_you_mean(shown)}")
+            raise ConfigError(f"{_prefix(path, sources)}unknown key {shown!r}"
+                              f"{_did_you_mean(shown, schema, prefix, str(key))}")
         spec = schema[key]
         if isinstance(spec, dict):
             if not isinstance(value, dict):
-                where = _where(path, sources)
-                raise ConfigError(f"{where + ': ' if where else ''}{path} must be a mapping of keys "
+                raise ConfigError(f"{_prefix(path, sources)}{path} must be a mapping of keys "
                                   f"({', '.join(spec)}), got {value!r}")
-            validate(value, sources, spec, path + ".")
+            validate_keys(value, sources, spec, path + ".")
         else:
             value = data[key] = coerce(spec, value)
             _check_field(path, spec, value, sources)
+            _check_keys(path, spec, value, sources)
+
+
+def _check_finite(node: Any, path: str, sources: dict[str, str]) -> None:
+    """``.inf`` and ``.nan`` are valid YAML floats but never a valid setting."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{_prefix(path, sources)}{path} = {node} is not a finite number; write a number")
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in children:
+        _check_finite(value, f"{path}[{key}]" if isinstance(node, list) else f"{path}.{key}" if path else str(key),
+                      sources)
+
+
+def _layer_rank(source: str | None, file_order: list[str]) -> int:
+    if source is None or source == DEFAULTS_SOURCE:
+        return -1
+    if source == "override":
+        return len(file_order) + 1
+    return file_order.index(source) if source in file_order else 0
+
+
+def _resolve_either_or(data: dict[str, Any], sources: dict[str, str], file_order: list[str]) -> None:
+    """One layer sets one key of each pair; a later layer's choice clears the earlier other key."""
+    for first, second, needs_one in EITHER_OR:
+        a, b = get_path(data, first), get_path(data, second)
+        if a is not None and b is not None:
+            rank_a = _layer_rank(sources.get(first), file_order)
+            rank_b = _layer_rank(sources.get(second), file_order)
+            if rank_a == rank_b:
+                raise ConfigError(f"{_prefix(first, sources)}{first} = {a!r} and {second} = {b!r} are both set; "
+                                  f"they say the same thing two ways: keep one (set the other to null)")
+            loser = first if rank_a < rank_b else second
+            _set_path(data, loser, None)
+            sources[loser] = sources.get(second if loser == first else first, DEFAULTS_SOURCE)
+        elif a is None and b is None and needs_one:
+            raise ConfigError(f"{_prefix(first, sources)}{first} and {second} are both null; set one of them")
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+def _check_model(model: dict[str, Any], sources: dict[str, str]) -> None:
+    """What the job's model builder would refuse, from :mod:`orchestrator.modelspec`."""
+    name = model["name"]
+    spec = modelspec.MODELS[name]
+    kwargs = model.get("kwargs") or {}
+    for key, value in kwargs.items():
+        path = f"model.kwargs.{key}"
+        if key in ("min_size", "max_size", "trainable_backbone_layers"):
+            raise ConfigError(f"{_prefix(path, sources)}{path}: set model.{key} instead of model.kwargs.{key}")
+        if key not in spec.kwargs:
+            hint = _did_you_mean(path, spec.kwargs, "model.kwargs.", str(key)) or "; valid keys are " + \
+                ", ".join(spec.kwargs)
+            raise ConfigError(f"{_prefix(path, sources)}{name} does not take {path}{hint} "
+                              f"(torchvision {spec.family} keywords with plain values)")
+        kwargs[key] = coerce(spec.kwargs[key], value)
+        _check_field(path, spec.kwargs[key], kwargs[key], sources)
+    layers = model.get("trainable_backbone_layers")
+    if layers is not None and layers not in spec.trainable_layers:
+        path = "model.trainable_backbone_layers"
+        allowed = (f"{min(spec.trainable_layers)} to {max(spec.trainable_layers)}"
+                   if len(spec.trainable_layers) > 1 else f"{spec.trainable_layers[0]} (all layers) or null")
+        extra = "" if len(spec.trainable_layers) > 1 else \
+            "; to freeze backbone stages use an optimizer.param_groups rule with lr_mult 0"
+        raise ConfigError(f"{_prefix(path, sources)}{path} = {layers} is out of range for {name}: use {allowed}{extra}")
+    if model.get("frozen_bn") and not spec.can_freeze_bn:
+        path = "model.frozen_bn"
+        raise ConfigError(f"{_prefix(path, sources)}{path} = true: {name} keeps trainable BatchNorm in torchvision; "
+                          "set it to false or null")
+    if spec.square_input and model.get("min_size") and model.get("max_size") \
+            and model["min_size"] != model["max_size"]:
+        path = "model.max_size"
+        raise ConfigError(f"{_prefix(path, sources)}model.min_size = {model['min_size']} and {path} = "
+                          f"{model['max_size']}: {name} resizes to one square size; set min_size only")
+
+
+def validate(data: dict[str, Any], sources: dict[str, str], file_order: list[str] | None = None) -> None:
+    """Everything the job would reject, rejected now: keys, types, ranges, pairs and model kwargs.
+
+    ``file_order`` lists the config files in the order they were layered (later wins); keys set by
+    ``sources`` "override" come after every file.
+    """
+    _check_finite(data, "", sources)
+    validate_keys(data, sources)
+    _resolve_either_or(data, sources, list(file_order or []))
+    _check_model(data["model"], sources)
 
 
 def _leaf_paths(value: Any, prefix: str) -> list[str]:
@@ -225,14 +392,15 @@ def _leaf_paths(value: Any, prefix: str) -> list[str]:
 
 def load_config(path: str, overrides: list[str] | None = None) -> LoadedConfig:
     sources: dict[str, str] = {}
+    file_order: list[str] = []
     _record_sources(defaults(), DEFAULTS_SOURCE, "", sources)
-    layered = _load_layers(path, (), sources)
+    layered = _load_layers(path, (), sources, file_order)
     data = deep_merge(defaults(), layered)
     for text in overrides or []:
         key, value = parse_override(text)
         apply_override(data, key, value)
         _record_sources({key: value} if "." not in key else _nest(key, value), "override", "", sources)
-    validate(data, sources)
+    validate(data, sources, file_order)
     _resolve_paths(data)
     return LoadedConfig(data=data, sources=sources, path=os.path.abspath(path))
 

@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from orchestrator import modelspec
 from orchestrator.errors import OrchError
 
 
@@ -64,6 +65,12 @@ def scale_lr(base_lr: float, base_batch_size: int, total_batch_size: int, rule: 
 def resolve_nodes(gpus: int, gpus_per_node: int, nodes: int | None = None) -> tuple[int, int]:
     """(nodes, gpus_per_node) for a GPU count; fewer GPUs than a node holds use one partial node."""
     if nodes is not None:
+        if gpus > nodes * gpus_per_node:
+            more = next(n for n in range(-(-gpus // gpus_per_node), gpus + 1) if gpus % n == 0)
+            per_node = -(-gpus // nodes)
+            raise PlanError(f"--nodes {nodes} × --gpus-per-node {gpus_per_node} hold {nodes * gpus_per_node} GPUs, "
+                            f"not {gpus}; use --gpus {nodes * gpus_per_node}, or --nodes {more} "
+                            f"({gpus // more} GPUs each), or --gpus-per-node {per_node}")
         if gpus % nodes:
             near = sorted({max(nodes, gpus // nodes * nodes), (gpus // nodes + 1) * nodes})
             raise PlanError(f"{gpus} GPUs cannot be spread evenly over {nodes} nodes; "
@@ -90,6 +97,18 @@ def resolve_batch(gpus: int, batch_per_gpu: int, total_batch_size: int | None = 
         raise PlanError(f"a total batch of {total_batch_size} cannot be shared evenly by {gpus} GPUs; "
                         f"use data.total_batch_size={lower} or {upper}")
     return total_batch_size // gpus, total_batch_size
+
+
+def check_model_batch(model_cfg: dict[str, Any], batch_per_gpu: int, gpus: int) -> None:
+    """Refuse a batch the model cannot train on (modelspec's measured limits), before any queue wait."""
+    if batch_per_gpu != 1:
+        return
+    problem = modelspec.single_image_problem(model_cfg)
+    if problem:
+        spec = modelspec.MODELS[model_cfg["name"]]
+        raise PlanError(f"data.batch_per_gpu = 1: {problem}; use data.batch_per_gpu=2 (or data.total_batch_size="
+                        f"{2 * gpus} for {gpus} GPUs), or an input size above {spec.batchnorm_1x1_up_to_size} px "
+                        f"(model.min_size)" + (", or model.frozen_bn=true" if spec.can_freeze_bn else ""))
 
 
 def iters_per_epoch(train_images: int, total_batch_size: int) -> int:
@@ -124,6 +143,7 @@ def make_plan(config: dict[str, Any], train_images: int, gpus: int | None = None
                         "data.filter_empty); check data.train.ann_file with `orch data check`")
     nodes, gpus_per_node = resolve_nodes(gpus, res["gpus_per_node"], res.get("nodes"))
     batch_per_gpu, total = resolve_batch(gpus, data["batch_per_gpu"], data.get("total_batch_size"))
+    check_model_batch(config["model"], batch_per_gpu, gpus)
     lr = scale_lr(opt["base_lr"], opt["base_batch_size"], total, opt["lr_scaling"])
     ipe = iters_per_epoch(train_images, total)
     warnings: list[str] = []
