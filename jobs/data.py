@@ -32,12 +32,13 @@ from torchvision.transforms.v2 import functional as F
 
 from orchestrator import cocofile, storage
 from orchestrator.cocofile import AnnotationError
+from orchestrator.schema import AUGMENT_PHOTOMETRIC, AUGMENT_RESIZE
 
 log = logging.getLogger(__name__)
 
 DEFAULT_AUGMENT: dict[str, Any] = {"hflip": 0.5, "resize": None, "photometric": None}
-_PHOTOMETRIC_KEYS = ("brightness", "contrast", "saturation", "hue")
-_RESIZE_KEYS = ("min_size", "max_size")
+_PHOTOMETRIC_KEYS = tuple(AUGMENT_PHOTOMETRIC)  # the config schema's keys, in the order the jitters apply
+_RESIZE_KEYS = tuple(AUGMENT_RESIZE)
 
 
 def derive_seed(*parts: int) -> int:
@@ -152,7 +153,7 @@ class CocoDetection(Dataset):
         self.cat_id_to_label = {cid: k + 1 for k, cid in enumerate(self.category_ids)}
         self.label_to_cat_id = {k + 1: cid for k, cid in enumerate(self.category_ids)}
         self.class_names = {int(c["id"]): str(c.get("name", c["id"])) for c in coco["categories"]}
-        self.image_ids = cocofile.train_image_ids(coco, filter_empty) if train else sorted(
+        self.image_ids = cocofile.train_image_ids(coco, filter_empty, source=ann_file) if train else sorted(
             int(img["id"]) for img in coco["images"])
         images = {int(img["id"]): img for img in coco["images"]}
         self.file_names = [str(images[i]["file_name"]) for i in self.image_ids]
@@ -179,7 +180,10 @@ class CocoDetection(Dataset):
                 raise AnnotationError(f"{self.ann_file}: annotation {ann.get('id')} has category_id {cat_id!r}, "
                                       f"which is not among the categories {self.category_ids}; fix the file")
             width, height = self.sizes[k]
-            box = cocofile.clipped_box(ann.get("bbox"), width, height)
+            try:
+                box = cocofile.clipped_box(ann.get("bbox"), width, height)
+            except cocofile.BadBoxError as exc:
+                raise AnnotationError(f"{self.ann_file}: annotation {ann.get('id')!r}: {exc}; fix the file") from None
             if box is None:
                 counts["dropped"] += 1
                 continue

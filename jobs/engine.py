@@ -70,7 +70,7 @@ class Trainer:
     def _build_optimizer(self) -> torch.optim.Optimizer:
         opt = self.config["optimizer"]
         groups = models.param_groups(self.model, self.plan["lr"], opt["weight_decay"], opt["param_groups"],
-                                     no_decay_norm_bias=opt.get("norm_weight_decay") == 0)
+                                     norm_weight_decay=opt.get("norm_weight_decay"))
         if opt["name"] == "sgd":
             return torch.optim.SGD(groups, lr=self.plan["lr"], momentum=opt["momentum"],
                                    weight_decay=opt["weight_decay"])

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import logging
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,33 +22,16 @@ from torchvision.models import detection
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from orchestrator import storage
+from orchestrator import modelspec, storage
+from orchestrator.modelspec import ModelSpec
+from orchestrator.schema import PARAM_GROUP, SCHEMA
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _Family:
-    backbone: str              # "resnet" | "mobilenet_fpn" | "ssd": how backbone stages are frozen
-    max_trainable: int         # torchvision's range for trainable_backbone_layers
-    default_trainable: int     # torchvision's default with pretrained weights
-    frozen_bn: bool            # torchvision freezes backbone BatchNorm when pretrained
-
-
-_RESNET = _Family("resnet", 5, 3, True)
-MODELS: dict[str, _Family] = {
-    "fasterrcnn_resnet50_fpn": _RESNET,
-    "fasterrcnn_resnet50_fpn_v2": _RESNET,
-    "fasterrcnn_mobilenet_v3_large_fpn": _Family("mobilenet_fpn", 6, 3, True),
-    "fasterrcnn_mobilenet_v3_large_320_fpn": _Family("mobilenet_fpn", 6, 3, True),
-    "retinanet_resnet50_fpn": _RESNET,
-    "retinanet_resnet50_fpn_v2": _RESNET,
-    "fcos_resnet50_fpn": _RESNET,
-    "ssd300_vgg16": _Family("ssd", 5, 5, False),
-    "ssdlite320_mobilenet_v3_large": _Family("ssd", 6, 6, False),
-}
-MODEL_KEYS = ("name", "init_checkpoint", "min_size", "max_size", "kwargs", "trainable_backbone_layers",
-              "frozen_bn")
+# The model table is orchestrator.modelspec (torch-free): `orch plan` validates against the same entries.
+MODELS: dict[str, ModelSpec] = modelspec.MODELS
+MODEL_KEYS = tuple(SCHEMA["model"])
 _RESNET_STAGES = ["layer4", "layer3", "layer2", "layer1", "conv1"]
 
 
@@ -73,6 +55,9 @@ def build_model(model_cfg: dict[str, Any], num_classes: int, load_init: bool = F
         raise ValueError(f"model.name: unknown model {name!r}; valid names are {sorted(MODELS)}")
     family = MODELS[name]
     kwargs = dict(model_cfg.get("kwargs") or {})
+    unknown = sorted(set(kwargs) - set(family.kwargs))
+    if unknown:
+        raise ValueError(f"model.kwargs: {name} does not take {unknown}; valid keys are {list(family.kwargs)}")
     min_size, max_size = model_cfg.get("min_size"), model_cfg.get("max_size")
     if family.backbone != "ssd":
         if min_size is not None:
@@ -89,7 +74,7 @@ def build_model(model_cfg: dict[str, Any], num_classes: int, load_init: bool = F
     if frozen_bn is None:
         frozen_bn = pretrained and family.frozen_bn
     if frozen_bn:
-        if family.backbone == "ssd":
+        if not family.can_freeze_bn:
             raise ValueError(f"model.frozen_bn: {name} keeps trainable BatchNorm in torchvision; set it to false")
         model.backbone.body = freeze_batchnorm(model.backbone.body)
     trainable = model_cfg.get("trainable_backbone_layers")
@@ -136,9 +121,9 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 def freeze_backbone_stages(model: nn.Module, name: str, trainable_layers: int) -> None:
     """Stop gradients to all but the last ``trainable_layers`` backbone stages (torchvision's rule)."""
     family = MODELS[name]
-    if not 0 <= trainable_layers <= family.max_trainable:
-        raise ValueError(f"model.trainable_backbone_layers: {trainable_layers} is outside [0, "
-                         f"{family.max_trainable}] for {name}")
+    if trainable_layers not in family.trainable_layers:
+        raise ValueError(f"model.trainable_backbone_layers: {trainable_layers} is outside "
+                         f"{list(family.trainable_layers)} for {name}")
     if trainable_layers == family.max_trainable:
         return
     if family.backbone == "resnet":
@@ -214,16 +199,27 @@ def load_init_checkpoint(model: nn.Module, url: str) -> dict[str, list]:
 
 # ---------------------------------------------------------------- optimizer groups
 
-_RULE_KEYS = ("pattern", "lr_mult", "decay_mult")
+_RULE_KEYS = tuple(PARAM_GROUP)
+# norm layers whose weight and bias get optimizer.norm_weight_decay (FrozenBatchNorm2d holds buffers only)
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
+               nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm)
+
+
+def norm_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that belong to normalisation layers (their weights and biases)."""
+    return {f"{module_name}.{param_name}" if module_name else param_name
+            for module_name, module in model.named_modules() if isinstance(module, NORM_LAYERS)
+            for param_name, _ in module.named_parameters(recurse=False)}
 
 
 def param_groups(model: nn.Module, base_lr: float, weight_decay: float, rules: list[dict[str, Any]] | None = None,
-                 no_decay_norm_bias: bool = False) -> list[dict[str, Any]]:
+                 norm_weight_decay: float | None = None) -> list[dict[str, Any]]:
     """Optimizer groups by the first rule whose regex ``pattern`` is found in a parameter's name.
 
     Each group keeps ``lr_mult`` (the scheduler sets ``lr = schedule_lr * lr_mult``) and
-    ``decay_mult``. With ``no_decay_norm_bias``, 1-d parameters (biases, norm weights) get no
-    weight decay. Frozen parameters (requires_grad False) are left out.
+    ``decay_mult``. With ``norm_weight_decay`` (torchvision references' option), the weights and
+    biases of norm layers get that weight decay (times the rule's ``decay_mult``) instead of
+    ``weight_decay``, whatever its value. Frozen parameters (requires_grad False) are left out.
     """
     rules = list(rules or [])
     compiled = []
@@ -233,6 +229,7 @@ def param_groups(model: nn.Module, base_lr: float, weight_decay: float, rules: l
             raise ValueError(f"param_groups rule {k} {rule!r}: needs 'pattern'; valid keys are {list(_RULE_KEYS)}")
         compiled.append((re.compile(str(rule["pattern"])), float(rule.get("lr_mult", 1.0)),
                          float(rule.get("decay_mult", 1.0)), str(rule["pattern"])))
+    norm_names = norm_parameter_names(model) if norm_weight_decay is not None else set()
     groups: dict[tuple, dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -242,12 +239,13 @@ def param_groups(model: nn.Module, base_lr: float, weight_decay: float, rules: l
             if pattern.search(name):
                 lr_mult, decay_mult, label = rule_lr, rule_decay, text
                 break
-        no_decay = no_decay_norm_bias and param.ndim <= 1
-        key = (label, no_decay)
+        is_norm = name in norm_names
+        key = (label, is_norm)
         if key not in groups:
-            groups[key] = {"params": [], "param_names": [], "name": label + ("/no_decay" if no_decay else ""),
+            decay = float(norm_weight_decay) if is_norm else weight_decay  # type: ignore[arg-type]
+            groups[key] = {"params": [], "param_names": [], "name": label + ("/norm" if is_norm else ""),
                            "lr": base_lr * lr_mult, "lr_mult": lr_mult, "decay_mult": decay_mult,
-                           "weight_decay": 0.0 if no_decay else weight_decay * decay_mult}
+                           "weight_decay": decay * decay_mult}
         groups[key]["params"].append(param)
         groups[key]["param_names"].append(name)
     return list(groups.values())

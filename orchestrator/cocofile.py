@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from typing import Any
 
@@ -36,10 +37,20 @@ def load_coco(ann_url: str) -> dict[str, Any]:
     return coco
 
 
+class BadBoxError(AnnotationError):
+    """A bbox of four values that are not all finite numbers (strings, null, NaN)."""
+
+
 def clipped_box(bbox: list[float], width: float, height: float) -> list[float] | None:
-    """COCO [x, y, w, h] clipped to the image as [x1, y1, x2, y2]; None when degenerate."""
+    """COCO [x, y, w, h] clipped to the image as [x1, y1, x2, y2]; None when degenerate.
+
+    Raises :class:`BadBoxError` for four values that are not finite numbers: such a file was
+    written wrong, and dropping the box silently would hide it.
+    """
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox):
+        raise BadBoxError(f"bbox {bbox!r} is not four finite numbers")
     x, y, w, h = (float(v) for v in bbox)
     x1, y1 = max(0.0, x), max(0.0, y)
     x2, y2 = min(float(width), x + w), min(float(height), y + h)
@@ -48,11 +59,11 @@ def clipped_box(bbox: list[float], width: float, height: float) -> list[float] |
     return [x1, y1, x2, y2]
 
 
-def train_image_ids(coco: dict[str, Any], filter_empty: bool) -> list[int]:
+def train_image_ids(coco: dict[str, Any], filter_empty: bool, source: str = "the annotation file") -> list[int]:
     """Ids of the images a training run uses, sorted.
 
     With ``filter_empty`` (torchvision references' rule) an image counts only if it has at least
-    one non-crowd annotation whose box survives clipping.
+    one non-crowd annotation whose box survives clipping. ``source`` names the file in errors.
     """
     ids = sorted(int(img["id"]) for img in coco["images"])
     if not filter_empty:
@@ -63,7 +74,13 @@ def train_image_ids(coco: dict[str, Any], filter_empty: bool) -> list[int]:
         image_id = ann.get("image_id")
         if image_id not in sizes or ann.get("iscrowd", 0):
             continue
-        if clipped_box(ann.get("bbox"), *sizes[image_id]) is not None:
+        try:
+            box = clipped_box(ann.get("bbox"), *sizes[image_id])
+        except BadBoxError as exc:
+            raise AnnotationError(f"{source}: annotation {ann.get('id')!r} (image {image_id}): {exc}; fix the file "
+                                  "(COCO boxes are [x, y, width, height] in pixels; `orch data check` lists "
+                                  "every problem)") from None
+        if box is not None:
             keep.add(image_id)
     return [i for i in ids if i in keep]
 
@@ -91,7 +108,7 @@ def count_train_images(ann_url: str, filter_empty: bool) -> int:
             return int(cache[key])
     except (OSError, ValueError):
         cache = {}
-    count = len(train_image_ids(load_coco(ann_url), filter_empty))
+    count = len(train_image_ids(load_coco(ann_url), filter_empty, source=ann_url))
     cache[key] = count
     try:
         storage.write_text(cache_file, json.dumps(cache))

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from torchvision.models import detection
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from jobs import models
@@ -123,16 +124,16 @@ def test_param_groups_first_rule_wins_and_keeps_lr_mult():
         p.requires_grad_(False)
     rules = [{"pattern": r"backbone\.features\.0", "lr_mult": 0.1}, {"pattern": "backbone", "lr_mult": 0.5,
                                                                       "decay_mult": 2.0}]
-    groups = models.param_groups(model, base_lr=0.2, weight_decay=1e-4, rules=rules, no_decay_norm_bias=True)
+    groups = models.param_groups(model, base_lr=0.2, weight_decay=1e-4, rules=rules, norm_weight_decay=0.0)
     by_name = {g["name"]: g for g in groups}
-    assert set(by_name) == {r"backbone\.features\.0", r"backbone\.features\.0/no_decay", "backbone",
-                            "backbone/no_decay", "default", "default/no_decay"}
+    assert set(by_name) == {r"backbone\.features\.0", r"backbone\.features\.0/norm", "backbone",
+                            "backbone/norm", "default", "default/norm"}
     assert all(n.startswith("backbone.features.0") for n in by_name[r"backbone\.features\.0"]["param_names"])
     assert all(n.startswith("backbone.features.1") for n in by_name["backbone"]["param_names"])
     assert by_name["backbone"]["lr_mult"] == 0.5 and by_name["backbone"]["lr"] == pytest.approx(0.1)
     assert by_name["backbone"]["weight_decay"] == pytest.approx(2e-4)
-    assert by_name["default/no_decay"]["weight_decay"] == 0.0
-    assert all(p.ndim <= 1 for p in by_name["default/no_decay"]["params"])
+    assert by_name["default/norm"]["weight_decay"] == 0.0
+    assert all(p.ndim <= 1 for p in by_name["default/norm"]["params"])
     counted = sum(len(g["params"]) for g in groups)
     assert counted == sum(1 for p in model.parameters() if p.requires_grad)
     assert not any("extra" in n for g in groups for n in g["param_names"])
@@ -140,6 +141,50 @@ def test_param_groups_first_rule_wins_and_keeps_lr_mult():
     assert {g["lr_mult"] for g in optimizer.param_groups} == {0.1, 0.5, 1.0}
     with pytest.raises(ValueError, match="valid keys"):
         models.param_groups(model, 0.1, 0.0, [{"regex": "x"}])
+
+
+@pytest.mark.parametrize("norm_weight_decay", [0.0, 0.03])
+def test_norm_weight_decay_reaches_the_norm_layers_for_every_value(norm_weight_decay):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 4, 1),
+                                torch.nn.GroupNorm(2, 4), torch.nn.Linear(4, 2))
+    groups = models.param_groups(model, base_lr=0.1, weight_decay=1e-4, norm_weight_decay=norm_weight_decay)
+    optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    decay_of = {name: group["weight_decay"] for group in optimizer.param_groups for name in group["param_names"]}
+    assert {n for n, d in decay_of.items() if d == norm_weight_decay} == {"1.weight", "1.bias", "3.weight", "3.bias"}
+    assert all(decay_of[n] == 1e-4 for n in ("0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"))
+    # without the option every parameter keeps weight_decay
+    plain = models.param_groups(model, base_lr=0.1, weight_decay=1e-4)
+    assert [g["weight_decay"] for g in plain] == [1e-4]
+
+
+def test_the_job_and_the_config_read_one_model_table():
+    from orchestrator import modelspec, schema
+    assert models.MODELS is modelspec.MODELS
+    assert schema.SCHEMA["model"]["name"].choices == tuple(modelspec.MODELS)
+    assert set(models.MODEL_KEYS) == set(schema.SCHEMA["model"])
+
+
+@pytest.mark.parametrize("family,cls", [("faster_rcnn", "FasterRCNN"), ("retinanet", "RetinaNet"), ("fcos", "FCOS"),
+                                        ("ssd", "SSD")])
+def test_every_kwarg_in_the_table_is_a_torchvision_parameter(family, cls):
+    import inspect
+
+    from torchvision.models.detection import ssd
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    from orchestrator import modelspec
+    detector = getattr(detection, cls) if cls != "SSD" else ssd.SSD
+    accepted = set(inspect.signature(detector.__init__).parameters) | set(
+        inspect.signature(GeneralizedRCNNTransform.__init__).parameters)
+    tables = {spec.family: spec.kwargs for spec in modelspec.MODELS.values()}
+    assert set(tables[family]) <= accepted - {"self", "kwargs", "backbone", "num_classes", "min_size", "max_size"}
+
+
+def test_a_table_kwarg_reaches_the_detector():
+    model = models.build_model({"name": FRCNN, "kwargs": {"box_detections_per_img": 7, "rpn_nms_thresh": 0.6}}, 3)
+    assert model.roi_heads.detections_per_img == 7 and model.rpn.nms_thresh == 0.6
+    with pytest.raises(ValueError, match="does not take"):
+        models.build_model({"name": FRCNN, "kwargs": {"nonsense": 1}}, 3)
 
 
 def _saved(obj) -> bytes:
