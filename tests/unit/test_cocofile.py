@@ -53,3 +53,14 @@ def test_broken_annotation_file_is_a_clear_error(tmp_path):
         cocofile.load_coco(str(bad))
     with pytest.raises(cocofile.AnnotationError, match="does not exist"):
         cocofile.load_coco(str(tmp_path / "missing.json"))
+
+
+def test_a_bbox_of_strings_is_an_error_naming_the_file_and_the_annotation(tmp_path):
+    import pytest
+    data = coco()
+    data["annotations"].append({"id": 99, "image_id": 4, "category_id": 7, "bbox": ["a", "b", "c", "d"]})
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(cocofile.AnnotationError) as err:
+        cocofile.count_train_images(str(path), filter_empty=True)
+    assert str(path) in str(err.value) and "annotation 99" in str(err.value) and "fix the file" in str(err.value)

@@ -150,3 +150,113 @@ def test_fast_commands_do_not_import_torch(layered):
             f"cli.main(['config', 'show', {layered!r}]); "
             "assert 'torch' not in sys.modules and 'submitit' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+# ---------------------------------------------------------------- everything the job would reject (issue 11)
+
+@pytest.mark.parametrize("override,fragments", [
+    # unknown nested keys, with a did-you-mean next to them
+    ("data.augment.resize={min_sise: 600}", ["data.augment.resize.min_sise", "did you mean 'data.augment.resize.min_size'"]),
+    ("data.augment.resize={max_size: 900}", ["data.augment.resize needs min_size"]),
+    ("data.augment.resize={min_size: [0, 800]}", ["data.augment.resize.min_size", "size in pixels"]),
+    ("data.augment.photometric={brightnes: 0.2}",
+     ["data.augment.photometric.brightnes", "did you mean 'data.augment.photometric.brightness'"]),
+    ("data.augment.photometric={hue: 0.9}", ["data.augment.photometric.hue = 0.9", "at most 0.5"]),
+    ("optimizer.param_groups=[{patern: backbone}]",
+     ["optimizer.param_groups[0].patern", "did you mean 'optimizer.param_groups[0].pattern'"]),
+    ("optimizer.param_groups=[{lr_mult: 0.1}]", ["optimizer.param_groups[0] needs pattern"]),
+    ("optimizer.param_groups=[{pattern: '(backbone'}]", ["optimizer.param_groups[0].pattern", "regular expression"]),
+    ("optimizer.param_groups=[backbone]", ["optimizer.param_groups[0] = 'backbone' must be a mapping"]),
+    ("optimizer.betas=[0.9]", ["optimizer.betas = [0.9]", "two numbers"]),
+    ("optimizer.betas=[0.9, 1.5]", ["optimizer.betas", "two numbers in [0, 1)"]),
+    # model kwargs and ranges from the model table
+    ("model.trainable_backbone_layers=9", ["model.trainable_backbone_layers = 9", "ssdlite320_mobilenet_v3_large",
+                                           "6 (all layers)"]),
+    ("model.kwargs={nonsense: 1}", ["model.kwargs.nonsense", "valid keys are"]),
+    ("model.kwargs={detection_per_img: 50}", ["did you mean 'model.kwargs.detections_per_img'"]),
+    ("model.kwargs={nms_thresh: 2}", ["model.kwargs.nms_thresh = 2", "between 0 and 1"]),
+    ("model.kwargs={min_size: 300}", ["set model.min_size instead"]),
+    ("model.frozen_bn=true", ["model.frozen_bn = true", "keeps trainable BatchNorm"]),
+    # non-finite and absurd numbers
+    ("optimizer.base_lr=.inf", ["optimizer.base_lr = inf is not a finite number"]),
+    ("optimizer.base_lr=.nan", ["optimizer.base_lr = nan is not a finite number"]),
+    ("schedule.milestones=[8, .inf]", ["schedule.milestones[1] = inf is not a finite number"]),
+    ("schedule.epochs=10000000000000000000", ["schedule.epochs = 10000000000000000000 must be at most 100000"]),
+    ("data.batch_per_gpu=100000", ["data.batch_per_gpu = 100000 must be at most 1024"]),
+    ("resources.gpus_per_node=1000", ["resources.gpus_per_node = 1000 must be at most 64"]),
+    ("optimizer.momentum=5", ["optimizer.momentum = 5 must be at most 1"]),
+    # duplicate keys inside an override's mapping
+    ("model.kwargs={nms_thresh: 0.5, nms_thresh: 0.6}", ["appears twice"]),
+])
+def test_what_the_job_would_reject_is_rejected_at_load_time(layered, override, fragments):
+    with pytest.raises(ConfigError) as err:
+        config.load_config(layered, ["model.name=ssdlite320_mobilenet_v3_large", override])
+    message = str(err.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    assert "\n" not in message
+
+
+def test_trainable_backbone_layers_range_is_per_model(layered):
+    assert config.load_config(layered, ["model.name=fasterrcnn_resnet50_fpn", "model.trainable_backbone_layers=5"])
+    with pytest.raises(ConfigError, match=r"= 6 is out of range for fasterrcnn_resnet50_fpn: use 0 to 5"):
+        config.load_config(layered, ["model.name=fasterrcnn_resnet50_fpn", "model.trainable_backbone_layers=6"])
+    loaded = config.load_config(layered, ["model.name=retinanet_resnet50_fpn",
+                                          "model.kwargs={score_thresh: 1e-2, topk_candidates: 500}"])
+    assert loaded.get("model.kwargs") == {"score_thresh": 0.01, "topk_candidates": 500}
+
+
+@pytest.mark.parametrize("text,fragments", [
+    ("schedule: {epochs: 12, max_iters: 1000}\n", ["cfg.yml", "schedule.epochs = 12 and schedule.max_iters = 1000"]),
+    ("data: {batch_per_gpu: 4, total_batch_size: 64}\n", ["data.batch_per_gpu = 4 and data.total_batch_size = 64"]),
+    ("schedule: {milestones: [8], milestones_iters: [800]}\n", ["schedule.milestones", "schedule.milestones_iters"]),
+    ("schedule: {warmup_iters: 10, warmup_epochs: 1}\n", ["schedule.warmup_iters", "schedule.warmup_epochs"]),
+    ("schedule: {checkpoint_every_epochs: 1, checkpoint_every_iters: 100}\n", ["schedule.checkpoint_every_iters"]),
+    ("schedule: {eval_every_epochs: 1, eval_every_iters: 100}\n", ["schedule.eval_every_iters"]),
+    ("schedule: {epochs: null, max_iters: null}\n", ["schedule.epochs and schedule.max_iters are both null"]),
+    ("schedule: {epochs: 3}\nmodel: {name: fcos_resnet50_fpn}\nschedule: {epochs: 4}\n",
+     ["cfg.yml", "key 'schedule' appears twice", "lines 1 and 3"]),
+    ("optimizer:\n  base_lr: 0.1\n  base_lr: 0.2\n", ["key 'base_lr' appears twice"]),
+])
+def test_one_file_saying_one_thing_twice_is_refused(tmp_path, text, fragments):
+    path = write(tmp_path / "cfg.yml", text)
+    with pytest.raises(ConfigError) as err:
+        config.load_config(path)
+    for fragment in fragments:
+        assert fragment in str(err.value), str(err.value)
+
+
+def test_a_later_layer_choosing_the_other_of_a_pair_clears_the_first(layered):
+    loaded = config.load_config(layered, ["schedule.max_iters=100", "data.total_batch_size=32"])
+    assert loaded.get("schedule.max_iters") == 100 and loaded.get("schedule.epochs") is None
+    assert loaded.get("data.total_batch_size") == 32 and loaded.get("data.batch_per_gpu") is None
+    with pytest.raises(ConfigError, match="schedule.epochs = 3 and schedule.max_iters = 100 are both set"):
+        config.load_config(layered, ["schedule.max_iters=100", "schedule.epochs=3"])
+
+
+def test_config_paths_that_are_not_yaml_files(tmp_path):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="is a directory"):
+        config.load_config(str(folder))
+    including = write(tmp_path / "inc.yml", "__include__: [configs]\n")
+    with pytest.raises(ConfigError, match=r"inc\.yml: __include__ entry 'configs' is a directory"):
+        config.load_config(including)
+    latin1 = tmp_path / "latin1.yml"
+    latin1.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yml is not UTF-8 text .*save it as UTF-8"):
+        config.load_config(str(latin1))
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["plan", "CFG", "--train-images", "-5"], "argument --train-images: '-5' is not a positive integer"),
+    (["config", "show", "CFG", "optimizer.betas=[0.9]"], "optimizer.betas = [0.9]"),
+    (["plan", "CFG", "--train-images", "10", "data.augment.resize={min_sise: 600}"],
+     "did you mean 'data.augment.resize.min_size'"),
+])
+def test_cli_blames_the_flag_or_key_in_one_paragraph(layered, argv, fragment):
+    argv = [layered if a == "CFG" else a for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", *argv], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert fragment in proc.stderr, proc.stderr
+    assert "annotation" not in proc.stderr

@@ -124,3 +124,44 @@ def test_plan_json_has_the_promised_fields():
                 "base_batch_size", "lr", "train_images", "iters_per_epoch", "max_iters", "warmup_iters",
                 "milestones_iters", "checkpoint_period_iters", "eval_period_iters"):
         assert key in fields
+
+
+@pytest.mark.parametrize("gpus,per_node,nodes,fragment", [
+    (16, 2, 4, "--nodes 4 × --gpus-per-node 2 hold 8 GPUs, not 16; use --gpus 8, or --nodes 8 (2 GPUs each), "
+               "or --gpus-per-node 4"),
+    (12, 4, 2, "use --gpus 8, or --nodes 3 (4 GPUs each), or --gpus-per-node 6"),
+])
+def test_nodes_and_gpus_per_node_that_contradict_the_gpu_count(gpus, per_node, nodes, fragment):
+    with pytest.raises(PlanError) as err:
+        planner.resolve_nodes(gpus, per_node, nodes)
+    assert fragment in str(err.value)
+
+
+def model(name, **extra):
+    return {**schema.defaults()["model"], "name": name, **extra}
+
+
+@pytest.mark.parametrize("model_cfg,batch,total,refused", [
+    # measured with torchvision 0.29 (see orchestrator/modelspec.py): BatchNorm over a 1x1 map at batch 1
+    (model("ssdlite320_mobilenet_v3_large"), 1, None, True),
+    (model("ssdlite320_mobilenet_v3_large"), 4, 4, True),            # a total batch of 4 on 4 GPUs is 1 each
+    (model("ssdlite320_mobilenet_v3_large", min_size=512), 1, None, True),
+    (model("ssdlite320_mobilenet_v3_large", min_size=513), 1, None, False),
+    (model("ssdlite320_mobilenet_v3_large"), 2, None, False),
+    (model("ssd300_vgg16"), 1, None, False),                        # no BatchNorm at all
+    (model("fasterrcnn_resnet50_fpn"), 1, None, False),             # 800 px: the deepest map is 25x25
+    (model("fasterrcnn_resnet50_fpn", min_size=32), 1, None, True),
+    (model("fasterrcnn_resnet50_fpn", min_size=32, init_checkpoint="w.pth"), 1, None, False),  # frozen BN
+    (model("fcos_resnet50_fpn", min_size=64), 1, None, False),
+])
+def test_batch_of_one_is_refused_where_batchnorm_cannot_train(model_cfg, batch, total, refused):
+    cfg = config(data__batch_per_gpu=batch, data__total_batch_size=total)
+    cfg["model"] = model_cfg
+    if not refused:
+        assert planner.make_plan(cfg, 100, gpus=4).batch_per_gpu == (total or batch * 4) // 4
+        return
+    with pytest.raises(PlanError) as err:
+        planner.make_plan(cfg, 100, gpus=4)
+    message = str(err.value)
+    assert message.startswith("data.batch_per_gpu = 1: " + model_cfg["name"])
+    assert "Expected more than 1 value per channel" in message and "data.batch_per_gpu=2" in message
