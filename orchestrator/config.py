@@ -64,11 +64,13 @@ class _StrictLoader(yaml.SafeLoader):
                 key = self.construct_object(key_node, deep=True)
                 line = key_node.start_mark.line + 1
                 try:
-                    first = seen.setdefault(key, line)
+                    first = seen.get(key)
                 except TypeError:  # an unhashable key: SafeLoader reports it below
                     continue
-                if first != line:
-                    raise DuplicateKeyError(f"key {key!r} appears twice in one mapping (lines {first} and {line})")
+                if first is not None:
+                    where = f"lines {first} and {line}" if first != line else f"line {line}"
+                    raise DuplicateKeyError(f"key {key!r} appears twice in one mapping ({where})")
+                seen[key] = line
         return super().construct_mapping(node, deep)
 
 
@@ -345,8 +347,9 @@ def _check_model(model: dict[str, Any], sources: dict[str, str]) -> None:
         if key in ("min_size", "max_size", "trainable_backbone_layers"):
             raise ConfigError(f"{_prefix(path, sources)}{path}: set model.{key} instead of model.kwargs.{key}")
         if key not in spec.kwargs:
-            hint = _did_you_mean(path, spec.kwargs, "model.kwargs.", str(key)) or "; valid keys are " + \
-                ", ".join(spec.kwargs)
+            close = difflib.get_close_matches(str(key), list(spec.kwargs), n=1, cutoff=0.6)
+            hint = (f"; did you mean 'model.kwargs.{close[0]}'?" if close
+                    else "; valid keys are " + ", ".join(spec.kwargs))
             raise ConfigError(f"{_prefix(path, sources)}{name} does not take {path}{hint} "
                               f"(torchvision {spec.family} keywords with plain values)")
         kwargs[key] = coerce(spec.kwargs[key], value)
@@ -354,8 +357,8 @@ def _check_model(model: dict[str, Any], sources: dict[str, str]) -> None:
     layers = model.get("trainable_backbone_layers")
     if layers is not None and layers not in spec.trainable_layers:
         path = "model.trainable_backbone_layers"
-        allowed = (f"{min(spec.trainable_layers)} to {max(spec.trainable_layers)}"
-                   if len(spec.trainable_layers) > 1 else f"{spec.trainable_layers[0]} (all layers) or null")
+        allowed = (f"{min(spec.trainable_layers)} to {max(spec.trainable_layers)}" if len(spec.trainable_layers) > 1
+                   else f"{spec.trainable_layers[0]} (all layers) or null" if spec.trainable_layers else "null")
         extra = "" if len(spec.trainable_layers) > 1 else \
             "; to freeze backbone stages use an optimizer.param_groups rule with lr_mult 0"
         raise ConfigError(f"{_prefix(path, sources)}{path} = {layers} is out of range for {name}: use {allowed}{extra}")

@@ -9,7 +9,7 @@ family, its kwargs table); nothing else in ``orchestrator`` lists model names.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 Check = Callable[[Any], "str | None"]  # returns a problem ("must be > 0") or None
@@ -87,26 +87,28 @@ SSD_KWARGS: dict[str, Kwarg] = {
 
 @dataclass(frozen=True)
 class ModelSpec:
-    family: str                      # torchvision detector class: faster_rcnn | retinanet | fcos | ssd
-    backbone: str                    # how backbone stages are frozen: resnet | mobilenet_fpn | ssd
-    trainable_layers: tuple[int, ...]  # the trainable_backbone_layers values that can be honoured
-    default_trainable: int           # torchvision's count for a pretrained model
-    frozen_bn: bool                  # torchvision freezes backbone BatchNorm when pretrained
-    can_freeze_bn: bool              # False: the model keeps trainable BatchNorm (model.frozen_bn must stay false)
-    square_input: bool               # resizes to one fixed square size (model.min_size is one number)
-    default_size: int                # input short side (square side) when model.min_size is null
-    kwargs: Mapping[str, Kwarg]
+    """One detector. Only ``family`` and ``backbone`` are required, so a new kind of model (a
+    transformer detector, a toolbox trainer) is one short entry; the defaults mean "no such option"."""
+    family: str                      # detector family; for torchvision its class: faster_rcnn | retinanet | fcos | ssd
+    backbone: str                    # how backbone stages are frozen: resnet | mobilenet_fpn | ssd | none
+    trainable_layers: tuple[int, ...] = ()  # the trainable_backbone_layers values that can be honoured
+    default_trainable: int = 0       # torchvision's count for a pretrained model
+    frozen_bn: bool = False          # torchvision freezes backbone BatchNorm when pretrained
+    can_freeze_bn: bool = False      # False: model.frozen_bn must stay false/null
+    square_input: bool = False       # resizes to one fixed square size (model.min_size is one number)
+    default_size: int = 640          # input short side (square side) when model.min_size is null
+    kwargs: Mapping[str, Kwarg] = field(default_factory=dict)
     # With trainable BatchNorm, an input of at most this many pixels gives the deepest normalised
     # feature map 1x1, and one image per GPU fails with "Expected more than 1 value per channel when
     # training". Measured with torchvision 0.29 (one training step at batch 1, weights=None):
     # ssdlite320 fails up to 512 px (its extra layers halve down to 1x1) and trains at 513;
     # the ResNet-50 and MobileNetV3 FPN models fail at 32 px and train at 64 (inputs are padded
     # to multiples of 32); ssd300_vgg16 has no BatchNorm. None: no such limit.
-    batchnorm_1x1_up_to_size: int | None
+    batchnorm_1x1_up_to_size: int | None = None
 
     @property
     def max_trainable(self) -> int:
-        return max(self.trainable_layers)
+        return max(self.trainable_layers, default=0)
 
 
 _RESNET_LAYERS = tuple(range(6))
@@ -127,13 +129,14 @@ MODELS: dict[str, ModelSpec] = {
     "fcos_resnet50_fpn": ModelSpec("fcos", kwargs=FCOS_KWARGS, **_RESNET),
     # torchvision can freeze SSD backbones only while building with pretrained weights; orch builds
     # without and loads init_checkpoint afterwards, so only "all layers" is honoured (job: param_groups lr_mult 0)
-    "ssd300_vgg16": ModelSpec("ssd", "ssd", (5,), 5, frozen_bn=False, can_freeze_bn=False, square_input=True,
-                              default_size=300, kwargs=SSD_KWARGS, batchnorm_1x1_up_to_size=None),
-    "ssdlite320_mobilenet_v3_large": ModelSpec("ssd", "ssd", (6,), 6, frozen_bn=False, can_freeze_bn=False,
+    "ssd300_vgg16": ModelSpec("ssd", "ssd", trainable_layers=(5,), default_trainable=5, square_input=True,
+                              default_size=300, kwargs=SSD_KWARGS),
+    "ssdlite320_mobilenet_v3_large": ModelSpec("ssd", "ssd", trainable_layers=(6,), default_trainable=6,
                                                square_input=True, default_size=320, kwargs=SSD_KWARGS,
                                                batchnorm_1x1_up_to_size=512),
 }
 MODEL_NAMES = tuple(MODELS)
+
 
 def batchnorm_trains(spec: ModelSpec, model_cfg: Mapping[str, Any]) -> bool:
     """Whether the model trains BatchNorm statistics (the job's rule for model.frozen_bn)."""

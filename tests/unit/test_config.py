@@ -156,7 +156,8 @@ def test_fast_commands_do_not_import_torch(layered):
 
 @pytest.mark.parametrize("override,fragments", [
     # unknown nested keys, with a did-you-mean next to them
-    ("data.augment.resize={min_sise: 600}", ["data.augment.resize.min_sise", "did you mean 'data.augment.resize.min_size'"]),
+    ("data.augment.resize={min_sise: 600}",
+     ["data.augment.resize.min_sise", "did you mean 'data.augment.resize.min_size'"]),
     ("data.augment.resize={max_size: 900}", ["data.augment.resize needs min_size"]),
     ("data.augment.resize={min_size: [0, 800]}", ["data.augment.resize.min_size", "size in pixels"]),
     ("data.augment.photometric={brightnes: 0.2}",
