@@ -29,7 +29,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-PARAMS = ["-p", "optimizer.base_lr=loguniform(1e-4,1e-2)", "-p", "data.batch_per_gpu=randint(1,4)",
+# batch 2+: ssdlite320's BatchNorm cannot train on one image per GPU (the planner refuses it)
+PARAMS = ["-p", "optimizer.base_lr=loguniform(1e-4,1e-2)", "-p", "data.batch_per_gpu=randint(2,4)",
           "-p", "optimizer.weight_decay=choice(0.0001,0.00004)"]
 
 

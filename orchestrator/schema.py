@@ -162,7 +162,7 @@ SCHEMA: dict[str, Any] = {
     },
     "optimizer": {
         "name": Field(STR, default="sgd", choices=("sgd", "adamw")),
-        "base_lr": Field(NUM, default=0.02, check=positive_up_to(100)),
+        "base_lr": Field(NUM, default=0.02, check=positive),  # tests diverge a run on purpose with 1e12
         "base_batch_size": Field(INT, default=16, check=between(1, 1_048_576)),
         "lr_scaling": Field(STR, default="linear", choices=("linear", "sqrt", "none")),
         "momentum": Field(NUM, default=0.9, check=between(0, 1)),

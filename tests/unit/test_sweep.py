@@ -219,6 +219,8 @@ def test_dry_run_random_search(tiny_data, tmp_path, capsys):
     (["-p", "optimizer.base_lr=0.1", "--max-parallel", "0"], "--max-parallel 0 must be at least 1"),
     (["-p", "optimizer.base_lr"], "must look like key=v1,v2"),
     ([], "needs at least one -p"),
+    # issue 11 item 8: ssdlite320's BatchNorm cannot train on one image per GPU; refused before queueing
+    (["-p", "data.batch_per_gpu=1,2"], "point p000 (data.batch_per_gpu=1): data.batch_per_gpu = 1: ssdlite320"),
 ])
 def test_sweeps_that_cannot_run_are_refused_before_anything_is_written(tiny_data, tmp_path, capsys, extra, fragment):
     code = cli.main(sweep_args(tiny_data, tmp_path / "runs", *extra))
