@@ -1,4 +1,5 @@
 """Config layering, overrides, validation and the CLI commands that show them."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -254,9 +255,13 @@ def test_config_paths_that_are_not_yaml_files(tmp_path):
     (["config", "show", "CFG", "optimizer.betas=[0.9]"], "optimizer.betas = [0.9]"),
     (["plan", "CFG", "--train-images", "10", "data.augment.resize={min_sise: 600}"],
      "did you mean 'data.augment.resize.min_size'"),
+    (["plan", "CFG", "--gpus", "16", "--train-images", "10", "resources.nodes=4", "resources.gpus_per_node=2"],
+     "--nodes 4 × --gpus-per-node 2 hold 8 GPUs, not 16; use --gpus 8, or --nodes 8"),
+    (["plan", "DIR", "--train-images", "10"], "is a directory; name a YAML file in it"),
+    (["config", "show", "CFG", "schedule.epochs=10000000000000000000"], "must be at most 100000"),
 ])
 def test_cli_blames_the_flag_or_key_in_one_paragraph(layered, argv, fragment):
-    argv = [layered if a == "CFG" else a for a in argv]
+    argv = [layered if a == "CFG" else os.path.dirname(layered) if a == "DIR" else a for a in argv]
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", *argv], capture_output=True, text=True)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert fragment in proc.stderr, proc.stderr
