@@ -10,7 +10,7 @@ optimizer and init checkpoint), takes the first batch of ``data.train`` and runs
 Data-loader workers are not started (``num_workers`` 0): the images go through the same dataset code.
 
 The last stdout line is ``ORCH_PREFLIGHT {json}``: ``{"ok": true, "loss", "losses", "step_s",
-"images"}`` or ``{"ok": false, "error_type", "error", "user_error"}``; the torch-free side
+"images"}`` or ``{"ok": false, "error_type", "error", "user_error", "phase"}``; the torch-free side
 (:mod:`orchestrator.preflight`) turns a failure into one paragraph naming the key to change.
 """
 from __future__ import annotations
@@ -41,6 +41,14 @@ def preflight_document(doc: dict[str, Any], run_dir: str) -> dict[str, Any]:
     return trial
 
 
+class _Phase:
+    """Where the step is (build, init_checkpoint, data, step): the CLI names the keys of that phase."""
+    name = "start"
+
+
+phase = _Phase()
+
+
 def one_step(doc: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -48,10 +56,14 @@ def one_step(doc: dict[str, Any]) -> dict[str, Any]:
     from jobs.engine import Trainer
 
     with tempfile.TemporaryDirectory(prefix="orch-preflight-") as tmp:
+        phase.name = "build"
         trainer = Trainer(preflight_document(doc, tmp), DistInfo(0, 1, 0, torch.device("cpu"), None))
         try:
+            phase.name = "init_checkpoint"
             trainer.resume_or_load()  # nothing to resume in tmp: loads model.init_checkpoint, as the job would
+            phase.name = "data"
             images, targets = next(iter(trainer.train_loader))
+            phase.name = "step"
             start = time.perf_counter()
             losses = trainer.run_step(images, targets)
             step_s = time.perf_counter() - start
@@ -71,7 +83,8 @@ def main() -> int:
     except Exception as exc:  # reported to the CLI, which names the key to change
         user_error = isinstance(exc, OrchError)  # already one paragraph naming the file/key and the fix
         text = " ".join(str(exc).split()) if user_error else (str(exc).strip().splitlines() or [""])[0]
-        result = {"ok": False, "error_type": type(exc).__name__, "error": text[:2000], "user_error": user_error}
+        result = {"ok": False, "error_type": type(exc).__name__, "error": text[:2000], "user_error": user_error,
+                  "phase": phase.name}
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0 if result["ok"] else 1
 

@@ -61,11 +61,25 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
+# what the job does in each phase of jobs.preflight, and the keys that decide it
+_PHASES = {
+    "build": ("building the model, data set and optimizer", "fix the model, data or optimizer keys of the config"),
+    "init_checkpoint": ("loading model.init_checkpoint {init}",
+                        "point model.init_checkpoint at a torch state_dict (.pth) file, or set it to null"),
+    "data": ("reading the first batch of data.train ({ann_file}, images in {img_dir})",
+             "check the data set with `orch data check {ann_file} --images {img_dir}`"),
+}
+_STEP = ("the step", "fix the model, data or optimizer keys of the config")
+
+
 def explain_failure(error_type: str, error: str, user_error: bool, config: dict[str, Any],
-                    batch_per_gpu: int) -> str:
-    """One paragraph: what broke in the step, and which key to change."""
+                    batch_per_gpu: int, phase: str = "step") -> str:
+    """One paragraph: what broke in the step (and in which phase), and which key to change."""
     model = config["model"]["name"]
     where = f"one training step of {model} at data.batch_per_gpu={batch_per_gpu}"
+    train = (config.get("data") or {}).get("train") or {}
+    what, fix = (text.format(init=config["model"].get("init_checkpoint"), ann_file=train.get("ann_file"),
+                             img_dir=train.get("img_dir")) for text in _PHASES.get(phase, _STEP))
     if _BATCHNORM_BATCH_1 in error:
         total = (config.get("data") or {}).get("total_batch_size")
         alternative = (f" (it comes from data.total_batch_size={total}: raise that to at least 2 per GPU)"
@@ -78,9 +92,9 @@ def explain_failure(error_type: str, error: str, user_error: bool, config: dict[
                 "the GPUs. Lower data.batch_per_gpu or model.min_size/max_size to preflight here, or submit "
                 "without --preflight. Nothing was submitted.")
     if user_error:
-        return f"preflight: {where} failed: {_sentence(error)} Nothing was submitted."
-    return (f"preflight: {where} failed with {error_type}: {_sentence(error)} The job would fail the same way "
-            "after its queue wait: fix the model, data or optimizer keys of the config. Nothing was submitted.")
+        return f"preflight: {where} failed in {what}: {_sentence(error)} Nothing was submitted."
+    return (f"preflight: {where} failed in {what} with {error_type}: {_sentence(error)} The job would fail the "
+            f"same way after its queue wait: {fix}. Nothing was submitted.")
 
 
 def _result_line(stdout: str) -> dict[str, Any] | None:
@@ -123,7 +137,8 @@ def run(doc: dict[str, Any], storage_options: dict[str, Any] | None = None,
                         f"its last output: {tail}. Nothing was submitted.")
     if not result.get("ok"):
         raise OrchError(explain_failure(str(result.get("error_type")), str(result.get("error")),
-                                        bool(result.get("user_error")), config, batch))
+                                        bool(result.get("user_error")), config, batch,
+                                        str(result.get("phase") or "step")))
     return PreflightResult(model, batch, float(result["loss"]), float(result["step_s"]), seconds)
 
 

@@ -21,22 +21,30 @@ def config(**data):
     return cfg
 
 
-@pytest.mark.parametrize("error_type,error,user_error,data,fragments", [
+@pytest.mark.parametrize("error_type,error,user_error,data,phase,fragments", [
     ("ValueError", "Expected more than 1 value per channel when training, got input size torch.Size([1, 128, 1, 1])",
-     False, {}, ["data.batch_per_gpu=1", "Set data.batch_per_gpu to 2 or more", "Nothing was submitted"]),
+     False, {}, "step", ["data.batch_per_gpu=1", "Set data.batch_per_gpu to 2 or more", "Nothing was submitted"]),
     ("ValueError", "Expected more than 1 value per channel when training, got input size [1, 8]", False,
-     {"total_batch_size": 4}, ["Set data.batch_per_gpu to 2 or more", "data.total_batch_size=4"]),
+     {"total_batch_size": 4}, "step", ["Set data.batch_per_gpu to 2 or more", "data.total_batch_size=4"]),
     ("RuntimeError", "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory", False, {},
-     ["ran out of memory on this machine's CPU", "Lower data.batch_per_gpu"]),
-    ("AnnotationError", "/d/train.json: image 3 (/d/x.png) is 90x96 but the json says 96x96; fix it", True, {},
-     ["failed: /d/train.json: image 3", "fix it. Nothing was submitted."]),
-    ("KeyError", "'boxes'", False, {}, ["failed with KeyError: 'boxes'.", "fix the model, data or optimizer keys"]),
+     "step", ["ran out of memory on this machine's CPU", "Lower data.batch_per_gpu"]),
+    ("AnnotationError", "/d/train.json: image 3 (/d/x.png) is 90x96 but the json says 96x96; fix it", True,
+     {"train": {"ann_file": "/d/train.json", "img_dir": "/d"}}, "data",
+     ["failed in reading the first batch of data.train (/d/train.json, images in /d): /d/train.json: image 3",
+      "fix it. Nothing was submitted."]),
+    ("UnpicklingError", "Weights only load failed", False, {}, "init_checkpoint",
+     ["failed in loading model.init_checkpoint /w/init.pth with UnpicklingError: Weights only load failed.",
+      "point model.init_checkpoint at a torch state_dict"]),
+    ("KeyError", "'boxes'", False, {}, "step",
+     ["failed in the step with KeyError: 'boxes'.", "fix the model, data or optimizer keys"]),
 ])
-def test_explain_failure_names_what_to_change(error_type, error, user_error, data, fragments):
-    text = preflight.explain_failure(error_type, error, user_error, config(**data), 1)
+def test_explain_failure_names_what_to_change(error_type, error, user_error, data, phase, fragments):
+    cfg = config(**data)
+    cfg["model"]["init_checkpoint"] = "/w/init.pth"
+    text = preflight.explain_failure(error_type, error, user_error, cfg, 1, phase)
     assert "\n" not in text and text.startswith("preflight: one training step of ssdlite320_mobilenet_v3_large")
     for fragment in fragments:
-        assert fragment in text
+        assert fragment in text, text
 
 
 def point(point_name, batch, **optimizer):
