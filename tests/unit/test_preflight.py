@@ -82,8 +82,11 @@ def submit(capsys, work_dir, data_root, *extra):
     return code, out, err
 
 
-def test_preflight_success_prints_one_line_and_writes_nothing(tmp_path, capsys, data_root):
+def test_preflight_success_prints_one_line_and_writes_nothing(tmp_path, capsys, data_root, monkeypatch):
     work_dir = tmp_path / "runs"
+    scratch = tmp_path / "tmp"   # where the trainer's files go during the step: removed afterwards
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     code, out, err = submit(capsys, str(work_dir), data_root, "--dry-run", "data.batch_per_gpu=2")
     assert code == 0, err
     first = out.splitlines()[0]
@@ -92,6 +95,7 @@ def test_preflight_success_prints_one_line_and_writes_nothing(tmp_path, capsys, 
     assert float(first.split("loss ")[1].split(",")[0]) > 0
     assert "(dry run: nothing submitted)" in out
     assert not work_dir.exists()
+    assert not [name for name in os.listdir(scratch) if name.startswith("orch-")]  # (torch keeps its own caches)
 
 
 def test_preflight_failure_submits_nothing_and_names_the_key(tmp_path, capsys, data_root):
