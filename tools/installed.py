@@ -42,7 +42,7 @@ def normalise(name: str) -> str:
 
 def missing(extra: str | None, pins: list[str]) -> str | None:
     """Why orch is not ready, or None."""
-    wanted = {normalise(_NAME.match(req).group(1)): None for req in requirements(extra)}
+    wanted = {"orch": None, **{normalise(_NAME.match(req).group(1)): None for req in requirements(extra)}}
     for pin in pins:
         name, _, pinned = pin.partition("==")
         wanted[normalise(name)] = pinned
