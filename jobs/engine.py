@@ -18,7 +18,7 @@ from jobs import distributed as dist_mod
 from jobs import evaluate, models, preemption
 from jobs.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from jobs.distributed import DistInfo
-from jobs.runlog import Progress, RunLog
+from jobs.runlog import Progress, RunLog, peak_rss_mb
 from jobs.schedule import lr_factor
 from orchestrator import runs
 from orchestrator.errors import OrchError
@@ -214,7 +214,9 @@ class Trainer:
         eta = progress.step_time * (plan["max_iters"] - it)
         img_s = plan["total_batch_size"] / max(progress.step_time, 1e-9)
         loss_text = "  ".join(f"{k}: {v:.4f}" for k, v in losses.items())
-        memory_mb = (torch.cuda.max_memory_allocated(self.device) / 2**20) if self.device.type == "cuda" else 0.0
+        # CUDA: peak allocated by torch; CPU: the process's peak resident set (ru_maxrss)
+        memory_mb = (torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda"
+                     else peak_rss_mb())
         self.runlog.info(f"Epoch [{epoch + 1}][{step + 1}/{plan['iters_per_epoch']}]  lr: {lr:.4e}  {loss_text}  "
                          f"time: {progress.step_time:.3f}  data_time: {progress.data_time:.3f}  "
                          f"eta: {runs.format_eta(eta)}" + (f"  memory: {memory_mb:.0f}" if memory_mb else ""))

@@ -41,6 +41,10 @@ def _resolve_backend(backend: str) -> str:
         raise ValueError(f"unknown COCO eval backend {backend!r}; valid backends are {list(BACKENDS)}")
     if backend == "auto":
         return "faster" if faster_available() else "pycocotools"
+    if backend == "faster":
+        from orchestrator import extras
+
+        extras.require("faster_coco_eval", "the COCO eval backend 'faster'")
     return backend
 
 

@@ -111,6 +111,14 @@ class RunLog:
             self._writer.close()
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (``getrusage(RUSAGE_SELF).ru_maxrss``, KiB on
+    Linux): what ``memory_mb`` reports on CPU, where there is no CUDA allocator to ask."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class Progress:
     """Step timing for the log line: moving averages of step and data time, ETA, img/s."""
 

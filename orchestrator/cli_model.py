@@ -162,6 +162,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.check:
+        from orchestrator import extras
+
+        extras.require("onnxruntime", "orch export --check")  # before the model is loaded and exported
     from jobs import export
     from jobs.predict import list_images
 

@@ -51,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="run name (default: <config name>-<date>-<time>)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the sbatch script; submit nothing")
     p.add_argument("--follow", action="store_true", help="stay attached: stream the log until the run ends")
+    p.add_argument("--preflight", action="store_true",
+                   help="first run one real training step on this CPU (first batch of data.train); submit nothing "
+                        "if it fails")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("runs", help="list runs under a work dir")
@@ -84,6 +87,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     run_name = runs.check_run_name(args.name) if args.name is not None else runs.new_run_name(prefix)
     executor_name = config["resources"]["executor"]
+    if args.preflight:
+        from orchestrator import preflight
+
+        print(preflight.check_run(config, run_name).line(), flush=True)
     if args.dry_run:
         prepared = submission.prepare(config, run_name)
         from orchestrator.executors import get_executor

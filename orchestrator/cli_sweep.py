@@ -49,6 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hold", action="store_true", help="submit the array held (start it with `scontrol release`)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the points, each point's plan and the sbatch script; write and submit nothing")
+    p.add_argument("--preflight", action="store_true",
+                   help="first run one real training step on this CPU per distinct model/data/batch combination; "
+                        "submit nothing if one fails")
     group = p.add_argument_group("sweep status / resume")
     group.add_argument("--json", action="store_true", help="status: print JSON")
     group.add_argument("--csv", metavar="FILE", help="status: also write the table as CSV (path or URL)")
@@ -77,6 +80,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     prepared = sweep.prepare_sweep(config, specs, name, random_count=args.random, seed=args.seed,
                                    max_parallel=args.max_parallel, hold=args.hold,
                                    fixed_keys=[config_mod.parse_override(o)[0] for o in overrides])
+    if args.preflight:
+        from orchestrator import preflight
+
+        for line in preflight.check_sweep(prepared, config.get("storage_options")):
+            print(line, flush=True)
     if args.dry_run:
         print(dry_run_text(prepared))
         return 0
@@ -97,7 +105,7 @@ def _cmd_action(args: argparse.Namespace) -> int:
     if len(args.overrides) != 1:
         raise OrchError(f"usage: orch sweep {action} SWEEP (a sweep dir, or a sweep name under --work-dir)")
     submit_only = {"-p": args.param, "--random": args.random, "--name": args.name, "--dry-run": args.dry_run,
-                   "--hold": args.hold, **{f"--{k.replace('_', '-')}": v for k, v in vars(args).items()
+                   "--hold": args.hold, "--preflight": args.preflight, **{f"--{k.replace('_', '-')}": v for k, v in vars(args).items()
                                            if k in ("gpus", "gpus_per_node", "nodes", "partition", "time",
                                                     "account", "qos", "constraint", "exclude", "cpus_per_gpu",
                                                     "mem_per_gpu", "executor") and v is not None}}

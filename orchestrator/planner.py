@@ -213,6 +213,15 @@ PLAN_TABLE_ROWS = [
 ]
 
 
+def lr_derivation(plan: Plan) -> str:
+    """How the lr came out of the base lr, for the plan table: ``0.02 × 64 / 16`` (empty for none)."""
+    if plan.lr_scaling == "linear":
+        return f"{plan.base_lr:g} × {plan.total_batch_size} / {plan.base_batch_size}"
+    if plan.lr_scaling == "sqrt":
+        return f"{plan.base_lr:g} × sqrt({plan.total_batch_size} / {plan.base_batch_size})"
+    return ""
+
+
 def format_plan(plan: Plan) -> str:
     values = plan.to_dict()
     lines = []
@@ -222,11 +231,10 @@ def format_plan(plan: Plan) -> str:
             value = "-"
         if isinstance(value, float):
             value = f"{value:.6g}"
-        lines.append(f"  {label:<26} {value}")
-    if plan.lr_scaling == "linear":
-        lines.append(f"  {'':<26} = {plan.base_lr:g} × {plan.total_batch_size} / {plan.base_batch_size}")
-    elif plan.lr_scaling == "sqrt":
-        lines.append(f"  {'':<26} = {plan.base_lr:g} × sqrt({plan.total_batch_size} / {plan.base_batch_size})")
+        line = f"  {label:<26} {value}"
+        if key == "lr" and lr_derivation(plan):
+            line = f"{line:<42} (= {lr_derivation(plan)})"
+        lines.append(line)
     for warning in plan.warnings:
         lines.append(f"  warning: {warning}")
     return "\n".join(lines)

@@ -6,6 +6,13 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && [ -x slurm/install.sh ] && ! command -v slurmctld >/dev/null 2>&1; then
   bash slurm/install.sh
 fi
-python3 -c "import orchestrator, torch, torchvision, submitit, s3fs, onnxruntime" 2>/dev/null \
-  || python3 -m pip install -q torch==2.14.1 torchvision==0.29.1 -e ".[test]"
+ROOT=$(pwd)
+PINS="torch==2.14.1 torchvision==0.29.1"
+# What pip installed (the orch command, pinned versions, the test extra), looked up from / :
+# importing orchestrator here would succeed from the source tree even when orch is not installed.
+# shellcheck disable=SC2086
+if ! (cd / && python3 "$ROOT/tools/installed.py" --extra test $PINS); then
+  echo "tests/run.sh: installing (pip install $PINS -e .[test])" >&2
+  python3 -m pip install -q $PINS -e ".[test]"
+fi
 exec python3 -m pytest -q -p no:cacheprovider --durations=15 "$@" tests

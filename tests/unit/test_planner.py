@@ -165,3 +165,16 @@ def test_batch_of_one_is_refused_where_batchnorm_cannot_train(model_cfg, batch, 
     message = str(err.value)
     assert message.startswith("data.batch_per_gpu = 1: " + model_cfg["name"])
     assert "Expected more than 1 value per channel" in message and "data.batch_per_gpu=2" in message
+
+
+@pytest.mark.parametrize("scaling,derivation", [
+    ("linear", "(= 0.02 × 64 / 16)"), ("sqrt", "(= 0.02 × sqrt(64 / 16))"), ("none", None)])
+def test_plan_table_shows_the_lr_derivation_on_the_lr_row(scaling, derivation):
+    plan = planner.make_plan(config(data__batch_per_gpu=4, optimizer__lr_scaling=scaling), 117266, gpus=16)
+    lines = planner.format_plan(plan).splitlines()
+    lr_row = next(line for line in lines if line.startswith("  lr  "))  # not "lr scaling"
+    if derivation is None:
+        assert "(=" not in planner.format_plan(plan)
+    else:
+        assert lr_row.endswith(derivation), lr_row
+        assert sum(derivation in line for line in lines) == 1  # nowhere else (not under the last row)
