@@ -98,26 +98,39 @@ def test_preflight_success_prints_one_line_and_writes_nothing(tmp_path, capsys, 
     assert not [name for name in os.listdir(scratch) if name.startswith("orch-")]  # (torch keeps its own caches)
 
 
-def test_preflight_failure_submits_nothing_and_names_the_key(tmp_path, capsys, data_root):
+@pytest.fixture()
+def broken_images_root(tmp_path, data_root):
+    """The same dataset with every training image's bytes replaced: the json checks pass, a real step does not
+    (the planner refuses what it can know, e.g. batch 1 under BatchNorm, before any step runs)."""
+    import shutil
+
+    root = tmp_path / "broken"
+    shutil.copytree(data_root, root)
+    for name in os.listdir(root / "train"):
+        (root / "train" / name).write_bytes(b"not an image")
+    return str(root)
+
+
+def test_preflight_failure_submits_nothing_and_names_the_key(tmp_path, capsys, broken_images_root):
     work_dir = tmp_path / "runs"
-    code, out, err = submit(capsys, str(work_dir), data_root, "data.batch_per_gpu=1")
+    code, out, err = submit(capsys, str(work_dir), broken_images_root, "data.batch_per_gpu=2")
     assert code != 0
-    assert "Set data.batch_per_gpu to 2 or more" in err and "Expected more than 1 value per channel" in err
+    assert "failed in reading the first batch of data.train" in err and "Nothing was submitted" in err, err
     assert "Traceback" not in err and out == ""
     assert not work_dir.exists()
 
 
-def test_sweep_preflight_runs_once_for_points_that_differ_in_lr_only(tmp_path, capsys, data_root):
+def test_sweep_preflight_runs_once_for_points_that_differ_in_lr_only(tmp_path, capsys, broken_images_root):
     work_dir = tmp_path / "runs"
     argv = ["sweep", os.path.join(ROOT, "configs/demo.yml"), "--executor", "slurm", "--gpus", "1", "--preflight",
-            "-p", "optimizer.base_lr=0.01,0.02", "data.batch_per_gpu=1", "--name", "sw",
-            *[o for o in TINY if not o.startswith("optimizer.base_lr=")], *data_overrides(data_root),
+            "-p", "optimizer.base_lr=0.01,0.02", "data.batch_per_gpu=2", "--name", "sw",
+            *[o for o in TINY if not o.startswith("optimizer.base_lr=")], *data_overrides(broken_images_root),
             f"work_dir={work_dir}"]
     code = cli.main(argv)
     out, err = capsys.readouterr()
     assert code != 0
-    assert err.count("preflight:") == 1 and "points p000, p001: preflight:" in err
-    assert "data.batch_per_gpu=1" in err and "Set data.batch_per_gpu to 2 or more" in err
+    assert err.count("preflight:") == 1 and "points p000, p001: preflight:" in err, err
+    assert "failed in reading the first batch of data.train" in err
     assert not work_dir.exists()
 
 
