@@ -33,6 +33,18 @@ SUBNET=10.231.0
 BRIDGE_ADDR=$SUBNET.1
 TWO_NODES=(n1 n2)
 
+
+# Run a daemon with no descriptor above 2 inherited: a caller's lock (`flock FILE cmd`, fd 9 of a
+# sourcing script) would otherwise be held by munged/slurmctld/slurmd for as long as they live.
+detached() {
+    (
+        for fd in /proc/$BASHPID/fd/*; do
+            fd=${fd##*/}
+            if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-" 2>/dev/null || true; fi
+        done
+        exec "$@"
+    )
+}
 log() { echo "cluster.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -92,9 +104,9 @@ start_munge() {
     chmod 755 /run/munge
     # --force: start even when a stale socket/pid file of a killed munged is left behind.
     if [ "$owner" = munge ]; then
-        runuser -u munge -- munged --force 9>&-
+        detached runuser -u munge -- munged --force
     else
-        munged --force 9>&-
+        detached munged --force
     fi
     cp /run/munge/munged.pid "$STATE_DIR/munged.ours.pid"
     local i
@@ -277,16 +289,16 @@ teardown_network() {
 start_daemons() {
     local mode=$1 node
     # -i: ignore any saved state (a fresh cluster every start).
-    slurmctld -f "$CONF" -i 9>&- || return 1
+    detached slurmctld -f "$CONF" -i || return 1
     for node in $(node_names "$mode"); do
         if [ "$mode" = 2 ]; then
             # nsenter, not `ip netns exec`: the latter remounts /sys, which slurmd's cgroup
             # probing trips over. unshare --uts gives each node its own hostname, which
             # torchrun's c10d rendezvous needs to recognise its own endpoint.
-            nsenter --net="/run/netns/$(netns_of "$node")" unshare --uts \
-                sh -c "hostname $node && exec slurmd -f '$CONF' -N $node" 9>&- || return 1
+            detached nsenter --net="/run/netns/$(netns_of "$node")" unshare --uts \
+                sh -c "hostname $node && exec slurmd -f '$CONF' -N $node" || return 1
         else
-            slurmd -f "$CONF" -N "$node" 9>&- || return 1
+            detached slurmd -f "$CONF" -N "$node" || return 1
         fi
     done
 }
