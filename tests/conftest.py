@@ -39,3 +39,14 @@ def s3_server(tmp_path_factory):
         patch.undo()
         storage.fs_cache_clear()
         server.stop()
+
+
+# --- storage options (orchestrator/storage.py) ---------------------------------------------------
+@pytest.fixture(autouse=True)
+def _fresh_storage_options():
+    """Each test starts with no storage options in use: `cli.main` in a test installs the ones of its
+    config, as the CLI does for its process, and they must not leak into the next test."""
+    yield
+    from orchestrator import storage
+
+    storage.use(storage.StorageOptions())
