@@ -14,6 +14,7 @@ Secrets are never written anywhere, and a redacted ``***`` never reaches fsspec.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import json
 import os
@@ -86,7 +87,7 @@ class StorageOptions:
         return StorageOptions(out)
 
     def for_protocol(self, proto: str) -> dict[str, Any]:
-        return dict(self.by_protocol.get(proto, {}))
+        return copy.deepcopy(dict(self.by_protocol.get(proto, {})))  # fsspec may change nested dicts
 
     def to_json(self) -> str:
         return json.dumps({proto: dict(opts) for proto, opts in self.by_protocol.items()}, sort_keys=True)
