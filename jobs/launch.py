@@ -16,7 +16,9 @@ import sys
 import time
 from types import FrameType
 
+from jobs import entry
 from orchestrator import procfs, runs, storage
+from orchestrator.errors import OrchError
 
 RDZV_BASE_PORT = 29400
 RDZV_PORTS = 1000          # rendezvous ports RDZV_BASE_PORT .. +999 on a job's first node
@@ -246,8 +248,7 @@ def read_job_state(run_dir: str) -> dict:
 
 def run_node(run_dir: str) -> str:
     """Run this node's share of the job to its end; returns the final state or raises."""
-    doc = runs.read_plan(run_dir)
-    storage.configure(storage.job_storage_options(doc["config"].get("storage_options")))
+    doc = entry.open_run(run_dir)  # the storage options handed over first: plan.json may be on a bucket
     plan, resources = doc["plan"], doc["config"]["resources"]
     relay = SignalRelay().install()
     info = node_info()
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(json.dumps({"state": run_node(argv[0])}))
         return 0
-    except LaunchError as exc:
+    except (LaunchError, OrchError) as exc:  # OrchError: e.g. the run dir's store cannot be reached
         print(f"[orch launch] {exc}", file=sys.stderr, flush=True)
         return 1
 

@@ -175,7 +175,8 @@ def load_model(ref: str, *, model_name: str | None = None, config_file: str | No
     elif run_dir is not None:
         config = runs.read_plan(run_dir)["config"]
     if config and config.get("storage_options"):  # e.g. the endpoint of the store holding the data
-        storage.configure(_without_redacted(config["storage_options"]))
+        # the run's (or --config's) options fill in what the user's $ORCH_STORAGE_OPTIONS leaves out
+        storage.use(storage.StorageOptions.parse(config["storage_options"]).merged(storage.active()))
     model_cfg = dict((config or {}).get("model") or {})
     if model_name:
         model_cfg["name"] = model_name
@@ -213,13 +214,6 @@ def load_model(ref: str, *, model_name: str | None = None, config_file: str | No
     loaded.model = _build_and_load(inference_model_cfg(model_cfg, weights), num_classes, weights, url)
     loaded.model.to(loaded.device).eval()
     return loaded
-
-
-def _without_redacted(options: Any) -> Any:
-    """plan.json keeps secrets as ***: drop them, the environment (AWS_*) supplies the real ones."""
-    if isinstance(options, dict):
-        return {k: _without_redacted(v) for k, v in options.items() if v != config_mod.REDACTED}
-    return options
 
 
 def _find_categories(loaded: LoadedModel, categories_file: str | None, train_ann: str | None,

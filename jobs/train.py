@@ -12,7 +12,7 @@ import multiprocessing
 import signal
 import sys
 
-from jobs import preemption
+from jobs import entry, preemption
 from jobs.runlog import setup_console_logging
 from orchestrator import runs, storage
 from orchestrator.errors import OrchError
@@ -34,9 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     from jobs import distributed  # imports torch
 
     args = parse_args(argv)
-    doc = runs.read_plan(args.run)
+    doc = entry.open_run(args.run)  # the storage options handed over first: plan.json may be on a bucket
     config = doc["config"]
-    storage.configure(storage.job_storage_options(config.get("storage_options")))
     info = distributed.init_distributed(force_cpu=config["resources"].get("use_cpu", False))
     setup_console_logging(info.rank)
     from jobs.engine import Trainer  # torch-heavy imports after logging is set up

@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
     try:
+        from orchestrator import storage
+
+        # how to reach a run or data on a bucket, for every command; a config adds its own on top
+        storage.use(storage.StorageOptions.from_env())
         return int(args.func(args) or 0)
     except OrchError as exc:
         print(f"orch: error: {exc}", file=sys.stderr)

@@ -52,10 +52,21 @@ def split_overrides(args: argparse.Namespace) -> list[str]:
     return list(args.overrides)
 
 
+def load_config_and_storage(path: str, overrides: list[str]) -> config_mod.LoadedConfig:
+    """Load a config and use its storage_options in this process from now on, on top of the user's
+    ``$ORCH_STORAGE_OPTIONS`` (what a command that submits then hands on to the job)."""
+    from orchestrator import storage
+
+    loaded = config_mod.load_config(path, overrides)
+    from_config = storage.StorageOptions.parse(loaded.data.get("storage_options"), source=f"storage_options in {path}")
+    storage.use(storage.StorageOptions.from_env().merged(from_config))
+    return loaded
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from orchestrator import planner, runs
 
-    loaded = config_mod.load_config(args.config, split_overrides(args))
+    loaded = load_config_and_storage(args.config, split_overrides(args))
     plan = runs.build_plan(loaded.data, gpus=args.gpus, train_images=args.train_images)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))

@@ -7,9 +7,8 @@ import os
 import sys
 import time
 
-from orchestrator import config as config_mod
 from orchestrator import planner, runs, storage, submission
-from orchestrator.cli_core import add_config_arguments, split_overrides
+from orchestrator.cli_core import add_config_arguments, load_config_and_storage, split_overrides
 from orchestrator.errors import OrchError
 from orchestrator.executors.base import ACTIVE_STATES
 
@@ -79,9 +78,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     overrides = split_overrides(args) + resource_overrides(args)
-    loaded = config_mod.load_config(args.config, overrides)
+    loaded = load_config_and_storage(args.config, overrides)
     config = loaded.data
-    storage.configure(config.get("storage_options"))
     prefix = config.get("name") or os.path.splitext(os.path.basename(args.config))[0]
     from orchestrator import runs
 

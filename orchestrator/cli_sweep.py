@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator import config as config_mod
 from orchestrator import runs, storage, sweep
-from orchestrator.cli_core import add_config_arguments, split_overrides
+from orchestrator.cli_core import add_config_arguments, load_config_and_storage, split_overrides
 from orchestrator.cli_runs import add_resource_flags, resource_overrides
 from orchestrator.errors import OrchError
 from orchestrator.executors import get_executor
@@ -71,9 +71,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     overrides = split_overrides(args) + resource_overrides(args)
-    loaded = config_mod.load_config(args.config, overrides)
+    loaded = load_config_and_storage(args.config, overrides)
     config = loaded.data
-    storage.configure(config.get("storage_options"))
     specs = [sweep.parse_param(text) for text in args.param]
     prefix = config.get("name") or os.path.splitext(os.path.basename(args.config))[0]
     name = runs.check_run_name(args.name) if args.name is not None else runs.new_run_name(f"{prefix}-sweep")

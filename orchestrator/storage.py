@@ -3,19 +3,26 @@
 Local paths, ``file://``, NAS mounts, ``s3://`` (s3fs) and ``memory://`` (tests) all work the same.
 ``pathlib.Path`` is never used on URLs: it mangles ``s3://bucket`` into ``s3:/bucket``.
 
-s3 credentials follow the aws CLI: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL,
-AWS_DEFAULT_REGION and AWS_PROFILE are read by botocore; ``storage_options`` from the config
-(see :func:`configure`) are passed to fsspec on top. They are never written anywhere.
+How a store is reached is one explicit value, :class:`StorageOptions` (per-protocol fsspec
+options, e.g. an on-prem endpoint and its keys). Each process builds it once at its entry point
+and installs it with :func:`use` before its first read: the CLI from the user's
+``ORCH_STORAGE_OPTIONS`` plus the config's ``storage_options``; a job from the
+``ORCH_STORAGE_OPTIONS`` that `orch submit` handed it (so it needs no plan.json to learn how to
+reach plan.json). The standard AWS_* variables (as for the aws CLI) apply below these options.
+Secrets are never written anywhere, and a redacted ``***`` never reaches fsspec.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+import importlib.util
 import json
 import os
 import posixpath
 import time
 import uuid
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import fsspec
 
@@ -23,7 +30,6 @@ from orchestrator.errors import OrchError
 
 T = TypeVar("T")
 
-_storage_options: dict[str, dict[str, Any]] = {}
 _LOCAL_PROTOCOLS = {"file", "local"}
 _sync_deferred = False  # inside one_sync(): local writes skip their fsync; the block syncs once at its end
 
@@ -32,52 +38,107 @@ class StorageError(OrchError, RuntimeError):
     """A store could not be read or written; the message names the URL and the cause."""
 
 
-def configure(storage_options: dict[str, Any] | None) -> None:
-    """Set per-protocol fsspec options, e.g. ``{"s3": {"endpoint_url": ...}}``.
+SECRETS_ENV = "ORCH_STORAGE_OPTIONS"  # how storage options travel to a job (never via files), as JSON
+REDACTED = "***"                      # what config.yml / plan.json hold instead of a secret
+EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", None), "gcs": ("gcsfs", None),
+          "az": ("adlfs", None), "abfs": ("adlfs", None)}  # protocol -> (module fsspec needs, orch extra)
 
-    A flat mapping (``{"endpoint_url": ...}``) applies to s3, the common case.
+
+@dataclass(frozen=True, repr=False)
+class StorageOptions:
+    """fsspec options per protocol (``{"s3": {"endpoint_url": ..., "key": ..., "secret": ...}}``).
+
+    Never holds a redacted ``***`` (dropped when built: the real value comes from the
+    environment). Its repr hides the values, so a log line or traceback leaks no secret.
     """
-    _storage_options.clear()
-    fs_cache_clear()
-    if not storage_options:
-        return
-    if all(isinstance(v, dict) for v in storage_options.values()):
-        _storage_options.update({k: dict(v) for k, v in storage_options.items()})
-    else:
-        _storage_options["s3"] = dict(storage_options)
+    by_protocol: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
+    @classmethod
+    def parse(cls, raw: Any, source: str = "storage_options") -> "StorageOptions":
+        """From a config's ``storage_options`` (``source`` names it in errors). A flat mapping
+        (``{"endpoint_url": ...}``) applies to s3, the common case."""
+        if not raw:
+            return cls()
+        if not isinstance(raw, dict):
+            raise OrchError(f"{source} must be a mapping of protocol to fsspec options, e.g. "
+                            f"{{s3: {{endpoint_url: https://...}}}}; got a {type(raw).__name__}")
+        nested = raw if all(isinstance(v, dict) for v in raw.values()) else {"s3": raw}
+        return cls({str(proto): _without_redacted(opts) for proto, opts in nested.items()})
 
-SECRETS_ENV = "ORCH_STORAGE_OPTIONS"  # how config storage_options travel to a job (never via files)
-_REDACTED = "***"
-
-
-def job_storage_options(saved: dict[str, Any] | None) -> dict[str, Any]:
-    """storage_options for a job: the run's saved (redacted) options, with the real values that
-    `orch submit` handed over in the job's environment; redacted leftovers are dropped so the
-    standard AWS_* variables apply."""
-    def clean(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: clean(v) for k, v in node.items() if v != _REDACTED}
-        return node
-
-    options = clean(saved or {})
-    handed = os.environ.get(SECRETS_ENV)
-    if handed:
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "StorageOptions":
+        """From ``$ORCH_STORAGE_OPTIONS`` (JSON): what `orch submit` hands a job, or what a user sets to
+        reach an existing run on a bucket. Empty when unset."""
+        text = (os.environ if environ is None else environ).get(SECRETS_ENV, "").strip()
+        if not text:
+            return cls()
         try:
-            options = json.loads(handed)
-        except ValueError:
-            pass
-    return options
+            raw = json.loads(text)
+        except ValueError as exc:  # the value itself is not shown: it may hold a secret
+            raise OrchError(f"${SECRETS_ENV} is not valid JSON ({exc.msg} at character {exc.pos}): set it to an "
+                            f"object like '{{\"s3\": {{\"endpoint_url\": \"https://...\"}}}}', or unset it") from None
+        return cls.parse(raw, source=f"${SECRETS_ENV}")
+
+    def merged(self, over: "StorageOptions") -> "StorageOptions":
+        """These options with ``over``'s on top, key by key within each protocol."""
+        out = {proto: dict(opts) for proto, opts in self.by_protocol.items()}
+        for proto, opts in over.by_protocol.items():
+            out.setdefault(proto, {}).update(opts)
+        return StorageOptions(out)
+
+    def for_protocol(self, proto: str) -> dict[str, Any]:
+        return copy.deepcopy(dict(self.by_protocol.get(proto, {})))  # fsspec may change nested dicts
+
+    def to_json(self) -> str:
+        return json.dumps({proto: dict(opts) for proto, opts in self.by_protocol.items()}, sort_keys=True)
+
+    def __bool__(self) -> bool:
+        return any(self.by_protocol.values())
+
+    def __repr__(self) -> str:
+        shown = {proto: sorted(opts) for proto, opts in self.by_protocol.items()}
+        return f"StorageOptions(keys={shown})"
+
+
+def _without_redacted(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_redacted(v) for k, v in node.items() if v != REDACTED}
+    return node
+
+
+_active = StorageOptions()  # set once per process by its entry point (use), read by every call below
+
+
+def use(options: StorageOptions) -> None:
+    """Install this process's storage options; its entry point calls this before the first read."""
+    global _active
+    if options == _active:
+        return
+    _active = options
+    fs_cache_clear()  # cached filesystems were built with the old options
+
+
+def active() -> StorageOptions:
+    """The storage options this process uses (hand them on to a job it submits)."""
+    return _active
+
+
+def configure(storage_options: dict[str, Any] | None) -> None:
+    """Kept for callers of the old API: ``use(StorageOptions.parse(storage_options))``."""
+    use(StorageOptions.parse(storage_options))
 
 
 @contextlib.contextmanager
-def secrets_in_env(storage_options: dict[str, Any] | None) -> Iterator[None]:
-    """Expose the config's storage_options to a job being submitted (its environment only)."""
-    if not storage_options:
-        yield
-        return
+def secrets_in_env(options: StorageOptions | dict[str, Any] | None) -> Iterator[None]:
+    """Hand ``options`` to a job being submitted inside this block: in its environment
+    (``$ORCH_STORAGE_OPTIONS``), which the executor passes on, never in a file."""
+    if not isinstance(options, StorageOptions):
+        options = StorageOptions.parse(options)
     previous = os.environ.get(SECRETS_ENV)
-    os.environ[SECRETS_ENV] = json.dumps(storage_options)
+    if options:
+        os.environ[SECRETS_ENV] = options.to_json()
+    else:
+        os.environ.pop(SECRETS_ENV, None)  # a stale value of the caller's must not reach the job
     try:
         yield
     finally:
@@ -138,7 +199,7 @@ def _options_for(proto: str) -> dict[str, Any]:
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
         if region:
             opts.setdefault("client_kwargs", {})["region_name"] = region
-    opts.update(_storage_options.get(proto, {}))
+    opts.update(_active.for_protocol(proto))
     return opts
 
 
@@ -147,8 +208,17 @@ def filesystem(url: str):
     proto = protocol(url)
     if proto in _LOCAL_PROTOCOLS:
         return fsspec.filesystem("file"), local_path(url)
+    _require_backend(proto, url)
     fs = fsspec.filesystem(proto, **_options_for(proto))
     return fs, fs._strip_protocol(url)
+
+
+def _require_backend(proto: str, url: str) -> None:
+    """A missing optional package is one line naming what to install, before any work is done."""
+    module, extra = EXTRAS.get(proto, (None, None))
+    if module and importlib.util.find_spec(module) is None:
+        install = f"pip install 'orch[{extra}]'" if extra else f"pip install {module}"
+        raise OrchError(f"{url} needs the {module} package, which is not installed: {install}")
 
 
 def join(base: str, *parts: str) -> str:

@@ -87,7 +87,7 @@ def submit(config: dict[str, Any], run_name: str, executor_name: str) -> dict[st
     executor = get_executor(executor_name)
     doc = runs.create_run_dir(config["work_dir"], run_name, prepared.plan, config)
     try:
-        with storage.secrets_in_env(config.get("storage_options")):
+        with storage.secrets_in_env(storage.active()):  # the options this CLI used: config + user's
             submitted = executor.submit(prepared.request)
     except Exception:
         storage.remove(doc["run_dir"], recursive=True)  # we just made it: leave nothing behind
@@ -244,6 +244,14 @@ def run_lock(run_dir: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def job_storage_options(doc: dict[str, Any], run_dir: str) -> storage.StorageOptions:
+    """What a resubmitted job is handed: the run's saved options (its ``***`` secrets dropped) under
+    the ones this process uses (the user's $ORCH_STORAGE_OPTIONS)."""
+    saved = storage.StorageOptions.parse(doc["config"].get("storage_options"),
+                                         source=f"storage_options in {storage.join(run_dir, runs.PLAN_FILE)}")
+    return saved.merged(storage.active())
+
+
 def resume(run_dir: str, executor_name: str | None = None) -> dict[str, Any]:
     with run_lock(run_dir):
         status = run_status(run_dir)
@@ -253,9 +261,9 @@ def resume(run_dir: str, executor_name: str | None = None) -> dict[str, Any]:
         if status["state"] == "COMPLETED":
             raise OrchError(f"run {status['run_name']} is already COMPLETED")
         doc = runs.read_plan(run_dir)
-        storage.configure(storage.job_storage_options(doc["config"].get("storage_options")))
         name = executor_name or status["executor"] or doc["config"]["resources"]["executor"]
-        submitted = get_executor(name).submit(job_request(doc, log_dir_for(run_dir, doc["run_name"])))
+        with storage.secrets_in_env(job_storage_options(doc, run_dir)):
+            submitted = get_executor(name).submit(job_request(doc, log_dir_for(run_dir, doc["run_name"])))
         url = storage.join(run_dir, runs.SUBMISSIONS_FILE)
         record = runs.read_json(url, default={"run_name": doc["run_name"], "run_dir": run_dir, "attempts": []})
         _append_attempt(record, submitted.job_id, name, submitted.log_dir, "resume")

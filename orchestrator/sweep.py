@@ -365,7 +365,8 @@ def submit_sweep(prepared: PreparedSweep, config_file: str | None = None) -> dic
     storage.makedirs(sweep_dir)
     try:
         runs.write_json(storage.join(sweep_dir, SWEEP_FILE), doc)
-        submitted = executor.submit_array(held, task_ids, prepared.run_dir_format)
+        with storage.secrets_in_env(storage.active()):  # handed to the array's tasks as `orch submit` does
+            submitted = executor.submit_array(held, task_ids, prepared.run_dir_format)
         with storage.one_sync(sweep_dir):  # on disk before the array is released
             _parallel(write_point, prepared.points)
         entry = _record_array(sweep_dir, doc, submitted, task_ids, "sweep", prepared.max_parallel)
@@ -463,8 +464,8 @@ def resume_sweep(sweep_dir: str, max_parallel: int | None = None) -> dict[str, A
             counts = ", ".join(f"{n} {state}" for state, n in sorted(status["counts"].items()))
             raise SweepError(f"nothing to resume in sweep {doc['name']} ({counts}): every point is completed, "
                              "queued or running")
-        first = runs.read_plan(storage.join(sweep_dir, doc["points"][todo[0]]["name"]))
-        storage.configure(first["config"].get("storage_options"))
+        first_dir = storage.join(sweep_dir, doc["points"][todo[0]]["name"])
+        first = runs.read_plan(first_dir)
         max_parallel = max_parallel if max_parallel is not None else doc.get("max_parallel")
         if max_parallel is not None and max_parallel < 1:
             raise SweepError(f"--max-parallel {max_parallel} must be at least 1")
@@ -472,7 +473,8 @@ def resume_sweep(sweep_dir: str, max_parallel: int | None = None) -> dict[str, A
         request = submission.job_request(array_doc, submission.log_dir_for(sweep_dir, doc["name"]),
                                          array_size=len(todo), max_parallel=max_parallel)
         fmt = storage.join(sweep_dir.replace("%", "%%"), doc["point_format"])
-        submitted = get_executor(first["config"]["resources"]["executor"]).submit_array(request, todo, fmt)
+        with storage.secrets_in_env(submission.job_storage_options(first, first_dir)):
+            submitted = get_executor(first["config"]["resources"]["executor"]).submit_array(request, todo, fmt)
         _parallel(lambda i: _write_attempt(storage.join(sweep_dir, doc["points"][i]["name"]), doc["points"][i]["name"],
                                            f"{submitted.job_id}_{i}", submitted, "sweep-resume"), todo)
         entry = _record_array(sweep_dir, doc, submitted, todo, "sweep-resume", max_parallel)

@@ -39,3 +39,35 @@ def s3_server(tmp_path_factory):
         patch.undo()
         storage.fs_cache_clear()
         server.stop()
+
+
+# --- storage options (orchestrator/storage.py) ---------------------------------------------------
+@pytest.fixture(autouse=True)
+def _fresh_storage_options():
+    """Each test starts with no storage options in use: `cli.main` in a test installs the ones of its
+    config, as the CLI does for its process, and they must not leak into the next test."""
+    yield
+    from orchestrator import storage
+
+    storage.use(storage.StorageOptions())
+
+
+AWS_ROUTES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+              "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")
+
+
+@pytest.fixture
+def s3_options_only(s3_server, monkeypatch, tmp_path):
+    """The S3 server reachable ONLY through storage options: this test's environment (and so that of
+    every CLI, job and sbatch it starts) holds no AWS_* route and no aws config file. Returns the
+    options a config would carry: ``{"s3": {"endpoint_url", "key", "secret"}}``."""
+    from orchestrator import storage
+
+    for name in AWS_ROUTES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("ORCH_STORAGE_OPTIONS", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    storage.fs_cache_clear()
+    yield {"s3": {"endpoint_url": s3_server.endpoint_url, "key": s3_server.key, "secret": s3_server.secret}}
+    storage.fs_cache_clear()
