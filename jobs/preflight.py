@@ -78,7 +78,7 @@ def main() -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         doc = json.load(sys.stdin)
-        storage.configure(storage.job_storage_options(doc["config"].get("storage_options")))
+        storage.use(storage.StorageOptions.from_env())  # handed over by the CLI, as to a job
         result = {"ok": True, **one_step(doc)}
     except Exception as exc:  # reported to the CLI, which names the key to change
         user_error = isinstance(exc, OrchError)  # already one paragraph naming the file/key and the fix

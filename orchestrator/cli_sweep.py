@@ -82,7 +82,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.preflight:
         from orchestrator import preflight
 
-        for line in preflight.check_sweep(prepared, config.get("storage_options")):
+        for line in preflight.check_sweep(prepared, storage.active()):
             print(line, flush=True)
     if args.dry_run:
         print(dry_run_text(prepared))

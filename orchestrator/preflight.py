@@ -107,7 +107,7 @@ def _result_line(stdout: str) -> dict[str, Any] | None:
     return None
 
 
-def run(doc: dict[str, Any], storage_options: dict[str, Any] | None = None,
+def run(doc: dict[str, Any], storage_options: Any = None,
         limit_s: float | None = None) -> PreflightResult:
     """One training step for a plan document (``runs.plan_document``); raises OrchError if it fails."""
     from orchestrator import storage
@@ -166,10 +166,12 @@ def check_run(config: dict[str, Any], run_name: str) -> PreflightResult:
 
     prepared = submission.prepare(config, run_name)
     submission.cheap_data_check(config)
-    return run(prepared.doc, config.get("storage_options"))
+    from orchestrator import storage
+
+    return run(prepared.doc, storage.active())  # the options this command reached the data with
 
 
-def check_sweep(prepared: Any, storage_options: dict[str, Any] | None) -> list[str]:
+def check_sweep(prepared: Any, storage_options: Any) -> list[str]:
     """`orch sweep --preflight`: one step per distinct combination; every failing one is reported."""
     from orchestrator import runs, storage
 
