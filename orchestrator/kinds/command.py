@@ -79,7 +79,7 @@ def check(config: dict[str, Any], plan: dict[str, Any], source: str = "the confi
                 raise KindError(f"{source}: {where} uses {{{name}}}, which exists only in trainer.resume_args "
                                 f"(a fresh start has no checkpoint)")
             if name not in PLACEHOLDERS:
-                near = difflib.get_close_matches(name, PLACEHOLDERS, n=1)
+                near = difflib.get_close_matches(name, PLACEHOLDERS, n=1, cutoff=0.5)
                 hint = f"did you mean {{{near[0]}}}? " if near else ""
                 raise KindError(f"{source}: {where} = {template!r} uses the unknown placeholder {{{name}}}; {hint}"
                                 f"the placeholders are: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")

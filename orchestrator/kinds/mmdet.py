@@ -92,8 +92,13 @@ def node_command(plan_doc: dict[str, Any], node: dict[str, Any], resume_from: st
             "--launcher", "none" if single else "pytorch"]
     if resume_from:
         args += ["--resume", resume_from]
+        # mmengine 0.10 pickles its message hub into checkpoints, which torch >= 2.6 refuses to load by
+        # default (weights_only); the file is this run's own, written by the same code
+        env_resume = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    else:
+        env_resume = {}
     args += ["--cfg-options", *base.key_values(_options(config, plan, trainer))]
-    env = {"ORCH_PLAN": storage.join(run_dir, "plan.json"), "ORCH_RUN_DIR": run_dir}
+    env = {"ORCH_PLAN": storage.join(run_dir, "plan.json"), "ORCH_RUN_DIR": run_dir, **env_resume}
     if base.use_cpu(config):
         env["CUDA_VISIBLE_DEVICES"] = ""
     if single:
