@@ -144,8 +144,20 @@ def progress(run_dir: str, plan_doc: dict[str, Any]) -> Progress:
         kind=NAME, epoch=epoch, max_epochs=max_epochs, iteration=epoch * plan["iters_per_epoch"],
         max_iters=max_epochs * plan["iters_per_epoch"], metrics=last,
         bbox_mAP=last.get(MAP_COLUMN), best_bbox_mAP=max(maps) if maps else None, latest_checkpoint=latest,
-        eta_s=base.eta_from_rate(epoch, max_epochs, last.get("time", 0.0)),
+        eta_s=_eta_s(rows, max_epochs),
     )
+
+
+def _eta_s(rows: list[dict[str, float]], max_epochs: int) -> float | None:
+    """The rate of the current start only: ``time`` counts from each (re)start, so it drops at a resume."""
+    start = 0
+    for i in range(1, len(rows)):
+        if rows[i].get("time", 0.0) < rows[i - 1].get("time", 0.0):
+            start = i
+    done_before = rows[start].get("epoch", start + 1) - 1  # epochs done when this start began
+    last = rows[-1]
+    return base.eta_from_rate(last.get("epoch", len(rows)) - done_before, max_epochs - done_before,
+                              last.get("time", 0.0))
 
 
 def _read_results(url: str) -> list[dict[str, float]]:

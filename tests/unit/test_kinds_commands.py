@@ -163,3 +163,23 @@ def test_detectron2_machine_flags_per_node():
         flags = dict(zip(argv[2:12:2], argv[3:12:2]))
         assert flags == {"--config-file": "/opt/detrex/projects/dino/configs/dino_r50_4scale_12ep.py", "--num-gpus": "8",
                          "--num-machines": "2", "--machine-rank": str(rank), "--dist-url": "tcp://gpu-node-01:29517"}
+
+
+def test_the_kinds_package_imports_no_toolbox_and_no_torch():
+    import subprocess
+
+    code = ("import sys, orchestrator.kinds; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'submitit', 'ultralytics', 'mmengine', 'mmdet', "
+            "'detectron2', 'yaml') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("kind", list(TRAINERS))
+def test_every_kind_fills_the_contract(kind):
+    module = kinds.get(kind)
+    assert module.NAME == kind and set(module.REQUIRED) <= set(module.KEYS)
+    assert all(spec.doc for spec in module.KEYS.values())
+    for name in ("check", "node_command", "output_dir", "resume_checkpoint", "progress"):
+        assert callable(getattr(module, name))
+    assert module.output_dir("/runs/demo").startswith("/runs/demo/")

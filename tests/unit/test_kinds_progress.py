@@ -51,6 +51,19 @@ def test_ultralytics_progress_from_its_results_csv(tmp_path):
     assert kinds.get("ultralytics").progress(run_dir, doc).latest_checkpoint == last
 
 
+def test_ultralytics_eta_uses_the_rate_since_the_last_resume(tmp_path):
+    # written by a real run that was resumed from epoch1.pt: its "time" column restarts at the resume
+    doc = plan_doc_for(TRAINERS["ultralytics"], gpus=1, train_images=64)
+    doc["plan"].update(max_iters=16 * 5, epochs=5)
+    run_dir = str(tmp_path / "run")
+    os.makedirs(kinds.get("ultralytics").output_dir(run_dir))
+    shutil.copy(os.path.join(OUTPUTS, "ultralytics_resumed_results.csv"),
+                os.path.join(kinds.get("ultralytics").output_dir(run_dir), "results.csv"))
+    p = kinds.get("ultralytics").progress(run_dir, doc)
+    assert (p.epoch, p.max_epochs) == (3, 5)
+    assert p.eta_s == pytest.approx(0.617635 / 1 * 2)  # one epoch in 0.62 s since the resume, two to go
+
+
 def test_rtdetr_progress_skips_the_torn_last_line_of_log_txt(tmp_path):
     run_dir, doc = run_with_outputs(tmp_path, "rtdetr", gpus=1)
     p = kinds.get("rtdetr").progress(run_dir, doc)
