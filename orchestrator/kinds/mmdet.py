@@ -56,6 +56,12 @@ def check(config: dict[str, Any], plan: dict[str, Any], source: str = "the confi
     base.require_local_work_dir(config, NAME, source)
     trainer = base.settings(config, KEYS)
     base.refuse_reserved(trainer["cfg_options"], RESERVED, f"{source}: trainer.cfg_options", NAME)
+    for key, value in trainer["cfg_options"].items():
+        # mmengine's DictAction deletes spaces from a value and splits it at commas
+        if isinstance(value, str) and (any(ch.isspace() for ch in value) or "," in value):
+            raise KindError(f"{source}: trainer.cfg_options.{key} = {value!r} holds a space or a comma, which "
+                            f"mmengine's --cfg-options deletes (spaces) or splits at (commas); use a path without "
+                            f"them (a symlink), a YAML list for several values, or set it in the config file")
     if base.use_cpu(config) and plan["gpus"] > 1:
         raise KindError(f"mmengine's pytorch launcher starts NCCL, which needs GPUs, but resources.use_cpu is set "
                         f"with {plan['gpus']} processes; use --gpus 1 on CPU, or GPUs without resources.use_cpu")

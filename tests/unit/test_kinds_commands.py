@@ -130,6 +130,8 @@ def test_check_refuses_what_the_toolbox_cannot_do(kind, change, needle):
     ("rtdetr", {"num_classes": None}, r"trainer.num_classes"),
     ("rtdetr", {"root": None}, r"needs trainer.root"),
     ("mmdet", {"cfg_options": {"train_cfg.max_epochs": 3}}, r"schedule.epochs"),
+    ("mmdet", {"cfg_options": {"data_root": "/my data/"}}, r"data_root = '/my data/' holds a space or a comma"),
+    ("mmdet", {"cfg_options": {"data_root": "/a,b/"}}, r"holds a space or a comma"),
     ("detectron2", {"overrides": {"train.max_iter": 9}}, r"schedule.max_iters"),
     ("detectron2", {"config": 3}, r"trainer.config = 3 must be a str"),
 ])
