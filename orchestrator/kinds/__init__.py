@@ -21,8 +21,10 @@ The contract of a kind module (``ultralytics``, ``rtdetr``, ``mmdet``, ``detectr
     Pure. ``plan_doc`` is plan.json's dict (``run_dir``, ``plan``, ``config``); ``node`` is
     ``{"node_rank", "nodes", "first_node" (host of rank 0), "port" (this attempt's rendezvous
     port)}``; ``resume_from`` the checkpoint to resume from (from ``resume_checkpoint``), or None
-    for a fresh start. ``NodeCommand(argv, env, cwd, launcher)``: with ``launcher == "torchrun"``
-    the job runs ``torchrun <its flags> *argv``; with ``"self"``/``"single"`` it runs ``argv`` as is.
+    for a fresh start. ``NodeCommand(argv, env, cwd, launcher, python)``: with ``launcher ==
+    "torchrun"`` the job runs ``torchrun <its flags> *argv`` (under ``python -m
+    torch.distributed.run`` when ``python`` is set: the toolbox's own environment); with
+    ``"self"``/``"single"`` it runs ``argv`` as is, once per node. ``env`` is added to the job's.
     ``orch submit --dry-run`` prints these per node.
 ``output_dir(run_dir) -> str``
     Where the toolbox writes, inside the run dir (``<run_dir>/<kind>``; ultralytics

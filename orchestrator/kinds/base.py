@@ -36,12 +36,15 @@ class NodeCommand:
     ``launcher``: ``"torchrun"`` — ``argv`` is what follows torchrun's own flags (a script and its
     arguments), the launcher adds ``--nproc-per-node``/``--nnodes``/rendezvous; ``"self"`` — ``argv``
     is the whole command and the toolbox spawns its own per-GPU processes; ``"single"`` — ``argv``
-    is the whole command of one process.
+    is the whole command of one process. ``python``: for ``"torchrun"``, the interpreter of the
+    toolbox's environment that torchrun must run under (``python -m torch.distributed.run``), or
+    None for the job's own.
     """
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     launcher: str = "single"
+    python: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,6 +1,6 @@
 """Trainer kind ``mmdet``: mmdetection, mmyolo or SSCMA (``tools/train.py`` over mmengine).
 
-Runs ``tools/train.py CONFIG --work-dir <run_dir>/mmdet --launcher pytorch|none [--resume CKPT]
+Runs ``tools/train.py CONFIG --work-dir <run_dir>/mmdet --launcher pytorch|none [--resume [CKPT]]
 --cfg-options …`` in ``trainer.root``: under torchrun for more than one process, else one process
 with ``--launcher none``. Where the plan goes (``--cfg-options``): ``optim_wrapper.optimizer.lr``,
 ``train_dataloader.batch_size`` / ``val_dataloader.batch_size`` (per GPU), ``train_cfg.max_epochs``
@@ -34,6 +34,8 @@ KEYS: dict[str, Field] = {
     "cfg_options": Field((dict,), default={}, doc="more --cfg-options, e.g. {model.bbox_head.num_classes: 3}"),
     "by_epoch": Field((bool,), default=True, doc="false for configs with an IterBasedTrainLoop"),
     "script": Field((str,), default="tools/train.py", doc="the training script, relative to trainer.root"),
+    "resume_with_path": Field((bool,), default=True,
+                              doc="false for scripts whose --resume takes no path (SSCMA's tools/train.py)"),
     "python": Field((str,), default="python3", doc="the python of the environment that has mmdetection"),
 }
 REQUIRED = ("root", "config")
@@ -97,7 +99,8 @@ def node_command(plan_doc: dict[str, Any], node: dict[str, Any], resume_from: st
     args = [trainer["script"], storage.absolute(trainer["config"], root), "--work-dir", output_dir(run_dir),
             "--launcher", "none" if single else "pytorch"]
     if resume_from:
-        args += ["--resume", resume_from]
+        # mmdetection's --resume takes the checkpoint; SSCMA's is a flag that reads last_checkpoint
+        args += ["--resume", resume_from] if trainer["resume_with_path"] else ["--resume"]
         # mmengine 0.10 pickles its message hub into checkpoints, which torch >= 2.6 refuses to load by
         # default (weights_only); the file is this run's own, written by the same code
         env_resume = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
@@ -109,7 +112,7 @@ def node_command(plan_doc: dict[str, Any], node: dict[str, Any], resume_from: st
         env["CUDA_VISIBLE_DEVICES"] = ""
     if single:
         return NodeCommand(argv=[trainer["python"], *args], env=env, cwd=root, launcher="single")
-    return NodeCommand(argv=args, env=env, cwd=root, launcher="torchrun")
+    return NodeCommand(argv=args, env=env, cwd=root, launcher="torchrun", python=trainer["python"])
 
 
 def checkpoint_candidates(run_dir: str) -> list[str]:
@@ -129,7 +132,11 @@ def checkpoint_candidates(run_dir: str) -> list[str]:
 
 def resume_checkpoint(run_dir: str, plan_doc: dict[str, Any] | None = None,
                       loadable: base.Loadable | None = None) -> str | None:
-    """The checkpoint ``last_checkpoint`` names, else the newest loadable ``epoch_N``/``iter_N.pth``."""
+    """The checkpoint ``last_checkpoint`` names, else the newest loadable ``epoch_N``/``iter_N.pth``.
+
+    With ``trainer.resume_with_path: false`` the script resumes from what ``last_checkpoint`` names:
+    when this returns another file, the job must write its path into ``last_checkpoint`` first.
+    """
     return base.newest_loadable(checkpoint_candidates(run_dir), loadable)
 
 

@@ -125,7 +125,7 @@ def node_command(plan_doc: dict[str, Any], node: dict[str, Any], resume_from: st
     env = {"ORCH_PLAN": storage.join(run_dir, "plan.json"), "ORCH_RUN_DIR": run_dir}
     if plan["gpus"] == 1:
         return NodeCommand(argv=[trainer["python"], *args], env=env, cwd=root, launcher="single")
-    return NodeCommand(argv=args, env=env, cwd=root, launcher="torchrun")
+    return NodeCommand(argv=args, env=env, cwd=root, launcher="torchrun", python=trainer["python"])
 
 
 def checkpoint_candidates(run_dir: str) -> list[str]:

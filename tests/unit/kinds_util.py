@@ -50,7 +50,7 @@ def node(rank: int, nodes: int) -> dict[str, Any]:
 
 
 def render(cmd: base.NodeCommand, rank: int) -> str:
-    lines = [f"# node {rank}: launcher={cmd.launcher} cwd={cmd.cwd}"]
+    lines = [f"# node {rank}: launcher={cmd.launcher} cwd={cmd.cwd}" + (f" python={cmd.python}" if cmd.python else "")]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(cmd.env.items())]
     lines.append(shlex.join(cmd.argv))
     return "\n".join(lines)

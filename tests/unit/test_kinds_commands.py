@@ -88,6 +88,14 @@ def test_a_resumed_attempt_adds_the_toolbox_resume_argument(kind, added):
         assert arg in resumed and arg not in fresh
 
 
+def test_sscma_resume_is_a_flag_without_a_path():
+    trainer = dict(TRAINERS["mmdet"], root="/opt/ModelAssistant", resume_with_path=False)
+    argv = kinds.get("mmdet").node_command(plan_doc_for(trainer, gpus=1), node(0, 1), RESUME_FROM["mmdet"]).argv
+    assert argv[argv.index("--resume") + 1] == "--cfg-options" and RESUME_FROM["mmdet"] not in argv
+    assert argv[:6] == ["python3", "tools/train.py", "/opt/ModelAssistant/configs/rtmdet/rtmdet_tiny_8xb32-300e_coco.py",
+                        "--work-dir", "/runs/demo/mmdet", "--launcher"] and argv[6] == "none"
+
+
 def test_rtdetr_tunes_from_init_checkpoint_only_on_a_fresh_start():
     doc = plan_doc_for(TRAINERS["rtdetr"], gpus=1, model={"init_checkpoint": "/w/rtdetrv2_r18vd.pth"})
     fresh = kinds.get("rtdetr").node_command(doc, node(0, 1))
