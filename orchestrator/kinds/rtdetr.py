@@ -93,19 +93,33 @@ def _update_pairs(config: dict[str, Any], plan: dict[str, Any], trainer: dict[st
 
 
 def _yaml_value(value: Any) -> str:
-    """The code reads each ``-u`` value with yaml.load: a string that YAML would read as something
-    else (a path holding ': ', 'true', '1e-3') is written as a JSON string, which YAML reads back."""
-    text = base.value_text(value)
-    if isinstance(value, str):
-        import yaml  # lazy: only rendering a command needs it
+    """A ``-u`` value as the code reads it back with yaml.load (YAML 1.1): ``null``/``true``, floats
+    with a dot (``1e-05`` alone is a string to YAML), flow lists and mappings, and a string that
+    YAML would read as something else (``yes``, a path holding ``': '``) as a JSON string."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        text = repr(value)
+        if "e" in text and "." not in text.split("e")[0]:
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa}.0e{exponent if exponent[0] in '+-' else '+' + exponent}"
+        return text
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_yaml_value(str(k))}: {_yaml_value(v)}" for k, v in value.items()) + "}"
+    import yaml  # lazy: only rendering a command needs it
 
-        try:
-            same = yaml.safe_load(text) == value
-        except yaml.YAMLError:
-            same = False
-        if not same:
-            return json.dumps(value)
-    return text
+    text = str(value)
+    try:
+        same = yaml.safe_load(text) == text
+    except yaml.YAMLError:
+        same = False
+    return text if same and text.strip() == text and not text.startswith(("{", "[")) else json.dumps(text)
 
 
 def node_command(plan_doc: dict[str, Any], node: dict[str, Any], resume_from: str | None = None) -> NodeCommand:

@@ -53,7 +53,7 @@ PLAN_KEYS = {
                     "optimizer=SGD", "exist_ok=True", "imgsz=320"],
     "rtdetr": ["epoches=12", "train_dataloader.total_batch_size=16", "val_dataloader.total_batch_size=16",
                "optimizer.lr=0.02", "checkpoint_freq=1", "lr_warmup_scheduler.warmup_duration=100",
-               "num_classes=4", "remap_mscoco_category=False", "eval_spatial_size=[320,320]"],
+               "num_classes=4", "remap_mscoco_category=false", "eval_spatial_size=[320, 320]"],
     "mmdet": ["optim_wrapper.optimizer.lr=0.02", "train_dataloader.batch_size=4", "train_cfg.max_epochs=12",
               "train_cfg.val_interval=1", "default_hooks.checkpoint.interval=1", "auto_scale_lr.enable=False"],
     "detectron2": ["train.max_iter=756", "train.eval_period=63", "train.checkpointer.period=63", "optimizer.lr=0.02",
@@ -110,6 +110,16 @@ def test_rtdetr_on_cpu_runs_one_process_with_device_cpu():
     doc = plan_doc_for(TRAINERS["rtdetr"], gpus=1, resources={"use_cpu": True})
     cmd = kinds.get("rtdetr").node_command(doc, node(0, 1))
     assert cmd.launcher == "single" and cmd.argv[-2:] == ["-d", "cpu"]
+
+
+@pytest.mark.parametrize("value", [None, True, 3, 0.02, 1e-05, 2.5e-05, 1e20, [96, 96], "yes", "a: b", "/p/x.json", "1e-3",
+                                   "[x]", {"type": "Resize", "size": [96, 96], "p": None}, [{"lr": 1e-05}]])
+def test_rtdetr_update_values_read_back_as_written(value):
+    import yaml
+
+    from orchestrator.kinds.rtdetr import _yaml_value
+
+    assert yaml.load(_yaml_value(value), Loader=yaml.Loader) == value  # how tools/train.py reads -u values
 
 
 def test_rtdetr_quotes_a_value_yaml_would_misread():
