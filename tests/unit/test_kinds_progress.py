@@ -74,6 +74,17 @@ def test_rtdetr_progress_skips_the_torn_last_line_of_log_txt(tmp_path):
     assert "n_parameters" not in p.metrics
 
 
+def test_rtdetr_progress_from_a_log_txt_the_official_code_wrote(tmp_path):
+    doc = plan_doc_for(TRAINERS["rtdetr"], gpus=1, train_images=4)
+    doc["plan"].update(max_iters=doc["plan"]["iters_per_epoch"] * 3)
+    run_dir = str(tmp_path / "run")
+    os.makedirs(kinds.get("rtdetr").output_dir(run_dir))
+    shutil.copy(os.path.join(OUTPUTS, "rtdetr_real_log.txt"), os.path.join(kinds.get("rtdetr").output_dir(run_dir), "log.txt"))
+    p = kinds.get("rtdetr").progress(run_dir, doc)
+    assert (p.epoch, p.max_epochs, p.bbox_mAP, p.best_bbox_mAP) == (3, 3, 0.0, 0.0)  # 3 epochs on 4 images: nothing found
+    assert p.metrics["train_lr"] == 0.0025 and "train_loss_vfl_dn_0" in p.metrics and "bbox_mAP_l" in p.metrics
+
+
 def test_mmdet_progress_spans_the_timestamp_folder_of_every_start(tmp_path):
     run_dir, doc = run_with_outputs(tmp_path, "mmdet", gpus=1, train_images=16)  # 4 iterations an epoch
     doc["plan"].update(max_iters=20, epochs=5)
