@@ -7,6 +7,7 @@ or a toolbox.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 import posixpath
@@ -67,13 +68,23 @@ class Progress:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def status_fields(self) -> dict[str, Any]:
+        """The keys of orch's own ``status.json`` that ``orch status`` shows, filled from the toolbox."""
+        evals = {k: v for k, v in self.metrics.items() if k.startswith("bbox_mAP")}
+        if self.bbox_mAP is not None:
+            evals["bbox_mAP"] = self.bbox_mAP
+        return {"iteration": self.iteration or 0, "max_iters": self.max_iters or 0, "epoch": self.epoch,
+                "max_epochs": self.max_epochs, "eta_s": self.eta_s,
+                "metrics": {k: v for k, v in self.metrics.items() if k not in evals}, "eval": evals,
+                "best_bbox_mAP": self.best_bbox_mAP, "latest_checkpoint": self.latest_checkpoint}
+
 
 def settings(config: dict[str, Any], keys: dict[str, Field]) -> dict[str, Any]:
     """``config["trainer"]`` with the kind's defaults filled in (the loader may have done it already)."""
     trainer = dict(config.get("trainer") or {})
     for key, spec in keys.items():
         if trainer.get(key) is None:
-            trainer[key] = spec.default
+            trainer[key] = copy.deepcopy(spec.default)
     return trainer
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import string
 from typing import Any
 
@@ -71,6 +72,9 @@ def _templates(trainer: dict[str, Any]) -> list[tuple[str, str, bool]]:
 def check(config: dict[str, Any], plan: dict[str, Any], source: str = "the config") -> None:
     base.check_keys(config.get("trainer") or {}, NAME, KEYS, REQUIRED, source)
     trainer = base.settings(config, KEYS)
+    if not trainer["argv"]:
+        raise KindError(f"{source}: trainer.argv is empty; give the program and its arguments, e.g. "
+                        f"[train.py, --lr, '{{lr}}']")
     if trainer["launcher"] not in base.LAUNCHERS:
         raise KindError(f"{source}: trainer.launcher = {trainer['launcher']!r} is not one of {', '.join(base.LAUNCHERS)}")
     for where, template, resume in _templates(trainer):
@@ -83,6 +87,11 @@ def check(config: dict[str, Any], plan: dict[str, Any], source: str = "the confi
                 hint = f"did you mean {{{near[0]}}}? " if near else ""
                 raise KindError(f"{source}: {where} = {template!r} uses the unknown placeholder {{{name}}}; {hint}"
                                 f"the placeholders are: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
+    program = str(trainer["argv"][0]) if trainer["argv"] else ""
+    if trainer["launcher"] == "torchrun" and os.path.basename(program).startswith("python"):
+        raise KindError(f"{source}: trainer.argv starts with {program!r}, but torchrun runs the script under "
+                        f"python itself; drop it (argv: [train.py, ...]), or use launcher: self/single for a "
+                        f"whole command")
     if trainer["launcher"] == "single" and plan["gpus"] > 1:
         raise KindError(f"{source}: trainer.launcher = 'single' runs one process, but the plan has {plan['gpus']} GPUs; "
                         f"use launcher: torchrun, or launcher: self when the program starts its own processes")

@@ -225,6 +225,20 @@ def test_command_placeholders_take_format_specs_and_literal_braces():
     assert (cmd.launcher, cmd.cwd, cmd.env["ORCH_PLAN"]) == ("self", "/runs/demo/work", "/runs/demo/plan.json")
 
 
+def test_command_under_torchrun_refuses_a_python_in_front_of_the_script():
+    doc = plan_doc_for(dict(TRAINERS["command"], argv=["/venv/bin/python3", "train.py"]), gpus=2)
+    with pytest.raises(OrchError, match=r"torchrun runs the script under python itself; drop it"):
+        kinds.get("command").check(doc["config"], doc["plan"])
+
+
+def test_progress_fills_the_status_fields_orch_status_shows(tmp_path):
+    run_dir, doc = run_with_outputs(tmp_path, "detectron2", gpus=1)
+    fields = kinds.get("detectron2").progress(run_dir, doc).status_fields()
+    assert fields["iteration"] == 126 and fields["eta_s"] == 2030.0 and fields["best_bbox_mAP"] == pytest.approx(0.125)
+    assert fields["eval"]["bbox_mAP"] == pytest.approx(0.1025) and fields["eval"]["bbox_mAP_50"] == pytest.approx(0.22)
+    assert "bbox_mAP" not in fields["metrics"] and fields["metrics"]["total_loss"] == 20.9
+
+
 def test_command_single_launcher_refuses_more_than_one_gpu():
     doc = plan_doc_for(dict(TRAINERS["command"], launcher="single"), gpus=2)
     with pytest.raises(OrchError, match="launcher: self"):
