@@ -142,7 +142,8 @@ def progress(run_dir: str, plan_doc: dict[str, Any]) -> Progress:
     maps = [r[MAP_COLUMN] for r in rows if MAP_COLUMN in r]
     return Progress(
         kind=NAME, epoch=epoch, max_epochs=max_epochs, iteration=epoch * plan["iters_per_epoch"],
-        max_iters=max_epochs * plan["iters_per_epoch"], metrics=last,
+        max_iters=max_epochs * plan["iters_per_epoch"],
+        metrics={**last, **({"bbox_mAP_50": last[MAP50_COLUMN]} if MAP50_COLUMN in last else {})},
         bbox_mAP=last.get(MAP_COLUMN), best_bbox_mAP=max(maps) if maps else None, latest_checkpoint=latest,
         eta_s=_eta_s(rows, max_epochs),
     )

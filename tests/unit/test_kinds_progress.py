@@ -43,7 +43,8 @@ def test_ultralytics_progress_from_its_results_csv(tmp_path):
     doc["plan"].update(max_iters=160, epochs=10)
     p = kinds.get("ultralytics").progress(run_dir, doc)
     assert (p.epoch, p.max_epochs, p.iteration, p.max_iters) == (3, 10, 48, 160)
-    assert p.metrics["train/box_loss"] == 1.17635 and p.metrics["lr/pg0"] == 0.0034
+    assert p.metrics["train/box_loss"] == 1.17635 and p.metrics["lr/pg0"] == 0.0034 and p.metrics["bbox_mAP_50"] == 0.0
+    assert p.status_fields()["eval"] == {"bbox_mAP": 0.0, "bbox_mAP_50": 0.0}
     assert p.bbox_mAP == 0.0 and p.best_bbox_mAP == 0.0  # the real 3-epoch run found nothing yet
     assert p.eta_s == pytest.approx(1.24917 / 3 * 7)
     assert p.latest_checkpoint is None
