@@ -105,6 +105,11 @@ def check_keys(trainer: dict[str, Any], kind: str, keys: dict[str, Field], requi
         if not isinstance(value, spec.types) or (isinstance(value, bool) and bool not in spec.types):
             names = " or ".join(t.__name__ for t in spec.types)
             raise KindError(f"{source}: trainer.{key} = {value!r} must be a {names} ({spec.doc or kind})")
+        if spec.choices and value not in spec.choices:
+            near = difflib.get_close_matches(str(value), [str(c) for c in spec.choices], n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise KindError(f"{source}: trainer.{key} = {value!r} is not one of {', '.join(map(str, spec.choices))}; "
+                            f"{hint}({spec.doc})")
     for key in required:
         if trainer.get(key) in (None, "", []):
             raise KindError(f"{source}: trainer kind {kind!r} needs trainer.{key} ({keys[key].doc})")

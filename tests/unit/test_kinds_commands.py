@@ -152,6 +152,7 @@ def test_check_refuses_what_the_toolbox_cannot_do(kind, change, needle):
     ("mmdet", {"cfg_options": {"data_root": "/a,b/"}}, r"holds a space or a comma"),
     ("detectron2", {"overrides": {"train.max_iter": 9}}, r"schedule.max_iters"),
     ("detectron2", {"config": 3}, r"trainer.config = 3 must be a str"),
+    ("command", {"launcher": "torchrn"}, r"trainer.launcher = 'torchrn' is not one of .* did you mean 'torchrun'\?"),
 ])
 def test_check_refuses_bad_trainer_keys_with_the_key_and_the_fix(kind, trainer_change, needle):
     doc = plan_doc_for(TRAINERS[kind], gpus=4)
