@@ -16,7 +16,7 @@ from typing import Any
 from orchestrator.detr_table import DetrArch, arch_kwargs, detr_arch
 from orchestrator.errors import OrchError
 
-MIN_TRANSFORMERS = "5.24"   # the oldest release tested; the weight mapping targets its module names
+MIN_TRANSFORMERS = "5.24"  # tested with 5.24.0; 5.0.0 fails test_detr_weights (mis-ties class_embed on load)
 
 
 def _transformers():
@@ -47,6 +47,10 @@ def build_config(name: str, num_classes: int, **overrides: Any):
     tf = _transformers()
     backbone_config = getattr(tf, arch.backbone_config_class)(**_backbone_kwargs(arch, backbone))
     id2label = {i: f"class_{i}" for i in range(num_classes)}
+    if arch.backbone_config_class == "ResNetConfig":
+        # The DETR configs default to a timm ResNet-50 by name; say explicitly: transformers' own
+        # ResNet from backbone_config, no timm, no pretrained backbone download.
+        numbers.update(use_timm_backbone=False, backbone=None, use_pretrained_backbone=False)
     config = getattr(tf, arch.hf_config_class)(
         backbone_config=backbone_config, num_labels=num_classes, id2label=id2label,
         label2id={v: k for k, v in id2label.items()}, **numbers)

@@ -41,8 +41,9 @@ _CLASS_DEPENDENT = re.compile(r"(^|\.)(enc_score_head|class_embed|denoising_clas
 _OFFICIAL_DERIVED = re.compile(r"^decoder\.(anchors|valid_mask)$")
 _SPLIT_QKV = ("q_proj", "k_proj", "v_proj")
 
-# Official RT-DETRv2 name -> HF (transformers >= 5) name, first match wins. ``{qkv}`` marks
-# nn.MultiheadAttention's fused in-projection, which HF keeps as three separate projections.
+# Official RT-DETRv2 name -> HF name as the published hub folders spell it (what save_pretrained
+# still writes), first match wins; ``resolve_name`` then finds the installed release's spelling.
+# ``{qkv}`` marks nn.MultiheadAttention's fused in-projection, which HF keeps as three projections.
 _BB = "model.backbone.model."
 _RTDETR_V2_RULES: list[tuple[str, str]] = [
     # PResNet-vd: three-conv stem, then stages of blocks with branch2a/b(/c) and a shortcut that is
@@ -71,26 +72,26 @@ _RTDETR_V2_RULES: list[tuple[str, str]] = [
     (r"encoder\.input_proj\.(\d+)\.conv\.(.+)", r"model.encoder_input_proj.\1.0.\2"),
     (r"encoder\.input_proj\.(\d+)\.norm\.(.+)", r"model.encoder_input_proj.\1.1.\2"),
     (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.self_attn\.in_proj_(weight|bias)",
-     r"model.encoder.aifi.\1.layers.\2.self_attn.{qkv}.\3"),
-    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.self_attn\.out_proj\.(.+)", r"model.encoder.aifi.\1.layers.\2.self_attn.o_proj.\3"),
-    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.linear1\.(.+)", r"model.encoder.aifi.\1.layers.\2.mlp.fc1.\3"),
-    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.linear2\.(.+)", r"model.encoder.aifi.\1.layers.\2.mlp.fc2.\3"),
-    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.norm1\.(.+)", r"model.encoder.aifi.\1.layers.\2.self_attn_layer_norm.\3"),
-    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.norm2\.(.+)", r"model.encoder.aifi.\1.layers.\2.final_layer_norm.\3"),
+     r"model.encoder.encoder.\1.layers.\2.self_attn.{qkv}.\3"),
+    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.self_attn\.out_proj\.(.+)", r"model.encoder.encoder.\1.layers.\2.self_attn.out_proj.\3"),
+    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.linear1\.(.+)", r"model.encoder.encoder.\1.layers.\2.fc1.\3"),
+    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.linear2\.(.+)", r"model.encoder.encoder.\1.layers.\2.fc2.\3"),
+    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.norm1\.(.+)", r"model.encoder.encoder.\1.layers.\2.self_attn_layer_norm.\3"),
+    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.norm2\.(.+)", r"model.encoder.encoder.\1.layers.\2.final_layer_norm.\3"),
     # CCFM (lateral/downsample convs, CSP fpn/pan blocks): same names under model.encoder.
     (r"encoder\.((?:lateral_convs|downsample_convs|fpn_blocks|pan_blocks)\..+)", r"model.encoder.\1"),
     # Decoder: input projections and heads sit on the HF model; layers keep their order.
     (r"decoder\.input_proj\.(\d+)\.conv\.(.+)", r"model.decoder_input_proj.\1.0.\2"),
     (r"decoder\.input_proj\.(\d+)\.norm\.(.+)", r"model.decoder_input_proj.\1.1.\2"),
     (r"decoder\.decoder\.layers\.(\d+)\.self_attn\.in_proj_(weight|bias)", r"model.decoder.layers.\1.self_attn.{qkv}.\2"),
-    (r"decoder\.decoder\.layers\.(\d+)\.self_attn\.out_proj\.(.+)", r"model.decoder.layers.\1.self_attn.o_proj.\2"),
+    (r"decoder\.decoder\.layers\.(\d+)\.self_attn\.out_proj\.(.+)", r"model.decoder.layers.\1.self_attn.out_proj.\2"),
     (r"decoder\.decoder\.layers\.(\d+)\.cross_attn\.num_points_scale", r"model.decoder.layers.\1.encoder_attn.n_points_scale"),
     (r"decoder\.decoder\.layers\.(\d+)\.cross_attn\.(.+)", r"model.decoder.layers.\1.encoder_attn.\2"),
     (r"decoder\.decoder\.layers\.(\d+)\.norm1\.(.+)", r"model.decoder.layers.\1.self_attn_layer_norm.\2"),
     (r"decoder\.decoder\.layers\.(\d+)\.norm2\.(.+)", r"model.decoder.layers.\1.encoder_attn_layer_norm.\2"),
     (r"decoder\.decoder\.layers\.(\d+)\.norm3\.(.+)", r"model.decoder.layers.\1.final_layer_norm.\2"),
-    (r"decoder\.decoder\.layers\.(\d+)\.linear1\.(.+)", r"model.decoder.layers.\1.mlp.fc1.\2"),
-    (r"decoder\.decoder\.layers\.(\d+)\.linear2\.(.+)", r"model.decoder.layers.\1.mlp.fc2.\2"),
+    (r"decoder\.decoder\.layers\.(\d+)\.linear1\.(.+)", r"model.decoder.layers.\1.fc1.\2"),
+    (r"decoder\.decoder\.layers\.(\d+)\.linear2\.(.+)", r"model.decoder.layers.\1.fc2.\2"),
     (r"decoder\.dec_score_head\.(\d+)\.(.+)", r"model.decoder.class_embed.\1.\2"),
     (r"decoder\.dec_bbox_head\.(\d+)\.(.+)", r"model.decoder.bbox_embed.\1.\2"),
     (r"decoder\.query_pos_head\.(.+)", r"model.decoder.query_pos_head.\1"),
@@ -103,12 +104,27 @@ _RTDETR_V2_RULES: list[tuple[str, str]] = [
 _OFFICIAL_RULES = {"rt_detr_v2": [(re.compile(p + "$"), r) for p, r in _RTDETR_V2_RULES]}
 
 
+# transformers releases after 5.0 renamed some modules of the hub layout; a name is looked up as
+# published first, then with these renames (each may or may not apply to the installed release).
+_RENAMES = [(re.compile(r"\.encoder\.encoder\.(\d+)\.layers\."), r".encoder.aifi.\1.layers."),
+            (re.compile(r"\.fc([12])\."), r".mlp.fc\1."),
+            (re.compile(r"\.out_proj\."), r".o_proj.")]
+
+
 def official_to_hf_name(family: str, official_key: str) -> str | None:
-    """The HF name of ``official_key`` (``{qkv}`` in it for a fused in-projection), or None."""
+    """The hub-layout HF name of ``official_key`` (``{qkv}`` in it for a fused in-projection), or None."""
     for pattern, replacement in _OFFICIAL_RULES[family]:
         if pattern.match(official_key):
             return pattern.sub(replacement, official_key)
     return None
+
+
+def resolve_name(hub_name: str, model_keys: Mapping[str, Any] | set[str]) -> str | None:
+    """``hub_name`` as the installed ``transformers`` spells it among ``model_keys``, or None."""
+    candidates = [hub_name]
+    for pattern, replacement in _RENAMES:
+        candidates += [pattern.sub(replacement, c) for c in candidates]
+    return next((c for c in candidates if c in model_keys), None)
 
 
 def is_class_dependent(hf_key: str) -> bool:
@@ -158,8 +174,9 @@ def map_official_state_dict(official: Mapping[str, Any], model: Any,
             continue
         pieces = _split3(value) if "{qkv}" in target else [value]
         names = [target.format(qkv=q) for q in _SPLIT_QKV] if "{qkv}" in target else [target]
-        for name, piece in zip(names, pieces):
-            if name not in own:
+        for hub_name, piece in zip(names, pieces):
+            name = resolve_name(hub_name, own)
+            if name is None:
                 unplaced.append(key)
                 continue
             have, want = _shape(piece), tuple(own[name].shape)
