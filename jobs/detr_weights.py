@@ -275,6 +275,12 @@ def _report(model: Any, filled: set[str], skipped: list[tuple[str, tuple, tuple]
             derived: list[str]) -> dict[str, list]:
     groups = _alias_groups(model)
     skipped_all = {a for k, _, _ in skipped for a in groups.get(k, [k])}
+    # One entry per tensor: a tied alias (class_embed.N of model.decoder.class_embed.N) is not listed twice.
+    order = {k: i for i, k in enumerate(groups)}
+    once: dict[tuple[str, ...], tuple[str, tuple, tuple]] = {}
+    for entry in sorted(skipped, key=lambda e: order.get(e[0], -1)):
+        once.setdefault(tuple(groups.get(entry[0], [entry[0]])), entry)
+    skipped = list(once.values())
     return {"loaded": sorted(filled), "skipped": sorted(skipped),
             "missing": sorted(k for k in groups if k not in filled and k not in skipped_all),
             "unexpected": sorted(unexpected), "derived": sorted(derived)}

@@ -30,6 +30,12 @@ def test_table_is_torch_free_and_fast():
     assert float(out.stdout) < 0.3
 
 
+def test_job_modules_import_transformers_only_when_building():
+    code = ("import sys, jobs.detr_models, jobs.detr_weights; "
+            "assert 'transformers' not in sys.modules, 'transformers imported at import time'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_unknown_name_and_key_are_rejected_with_a_did_you_mean():
     with pytest.raises(OrchError, match=r"Did you mean 'rtdetr_v2_r18vd'"):
         detr_arch("rtdetr_v2_r18")
