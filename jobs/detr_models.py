@@ -38,15 +38,21 @@ def _major_minor(version: str) -> tuple[int, int]:
     return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in parts)  # type: ignore[return-value]
 
 
-def build_config(name: str, num_classes: int, **overrides: Any):
-    """The ``transformers`` config of ``name`` for ``num_classes`` object classes (no background)."""
+def build_config(name: str, num_classes: int, class_names: list[str] | None = None, **overrides: Any):
+    """The ``transformers`` config of ``name`` for ``num_classes`` object classes (no background).
+
+    ``class_names`` (optional, one per class) become the config's ``id2label``, which
+    ``save_pretrained`` writes into ``config.json``.
+    """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise OrchError(f"num_classes: expected a positive number of object classes, got {num_classes!r}.")
+    if class_names is not None and len(class_names) != num_classes:
+        raise OrchError(f"class_names: {len(class_names)} names for {num_classes} classes; give one name per class.")
     arch = detr_arch(name)
     numbers, backbone = arch_kwargs(name, overrides)
     tf = _transformers()
     backbone_config = getattr(tf, arch.backbone_config_class)(**_backbone_kwargs(arch, backbone))
-    id2label = {i: f"class_{i}" for i in range(num_classes)}
+    id2label = {i: str(class_names[i]) if class_names else f"class_{i}" for i in range(num_classes)}
     if arch.backbone_config_class == "ResNetConfig":
         # The DETR configs default to a timm ResNet-50 by name; say explicitly: transformers' own
         # ResNet from backbone_config, no timm, no pretrained backbone download.
@@ -57,14 +63,14 @@ def build_config(name: str, num_classes: int, **overrides: Any):
     return config
 
 
-def build_detr(name: str, num_classes: int, **overrides: Any):
+def build_detr(name: str, num_classes: int, class_names: list[str] | None = None, **overrides: Any):
     """``name`` from orch's table with ``num_classes`` outputs and random weights, offline.
 
     ``overrides`` change architecture numbers (see ``orchestrator.detr_table.arch_kwargs``;
     ``tiny_overrides(name)`` gives a test-sized model).
     """
     arch = detr_arch(name)
-    config = build_config(name, num_classes, **overrides)
+    config = build_config(name, num_classes, class_names, **overrides)
     return getattr(_transformers(), arch.hf_model_class)(config)
 
 

@@ -20,6 +20,7 @@ fits nowhere else is an error naming it: it means the checkpoint is another arch
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -244,7 +245,7 @@ def load_hf_folder(model: Any, url: str) -> dict[str, list]:
                             f"folders from safetensors only (re-save with save_pretrained(..., "
                             f"safe_serialization=True)).")
         loaded, info = type(model).from_pretrained(
-            folder, config=model.config, ignore_mismatched_sizes=True, local_files_only=True,
+            folder, config=copy.deepcopy(model.config), ignore_mismatched_sizes=True, local_files_only=True,
             use_safetensors=True, output_loading_info=True)
     wrong = [(k, tuple(a), tuple(b)) for k, a, b in info["mismatched_keys"] if not is_class_dependent(k)]
     if wrong:

@@ -133,6 +133,10 @@ def test_tiny_variant_runs_forward_with_the_dataset_class_count(name, no_network
     assert out.pred_boxes.shape[-1] == 4
 
 
-def test_class_count_is_validated():
+def test_class_count_and_names_are_validated():
     with pytest.raises(OrchError, match="num_classes"):
         build_detr("dfine_s", 0)
+    with pytest.raises(OrchError, match="class_names: 1 names for 2 classes"):
+        build_detr("dfine_s", 2, ["cat"], **tiny_overrides("dfine_s"))
+    model = build_detr("dfine_s", 2, ["cat", "dog"], **tiny_overrides("dfine_s"))
+    assert model.config.id2label == {0: "cat", 1: "dog"} and model.config.label2id == {"cat": 0, "dog": 1}

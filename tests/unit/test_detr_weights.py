@@ -154,14 +154,24 @@ def test_a_pickle_with_objects_is_refused_with_a_clear_error(tmp_path):
         load_init_weights(model, str(path))
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any connection attempt fails the test: HF folders load from local files only."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
 def _tiny(name, num_classes):
     torch.manual_seed(num_classes)
     return build_detr(name, num_classes, **tiny_overrides(name))
 
 
 @pytest.mark.parametrize("name", ["rtdetr_v2_r18vd", "dfine_s", "deformable_detr_r50", "detr_r50"])
-def test_hf_folder_loads_with_another_class_count(name, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_hf_folder_loads_with_another_class_count(name, tmp_path, no_network):
     source = _tiny(name, 80)
     source.save_pretrained(tmp_path / "hf")
     assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "model.safetensors"]
@@ -179,7 +189,7 @@ def test_hf_folder_loads_with_another_class_count(name, tmp_path, monkeypatch):
             assert re.search(r"(enc_score_head|class_embed|class_labels_classifier)\.", key), key
 
 
-def test_hf_folder_in_either_naming_loads(tmp_path, monkeypatch):
+def test_hf_folder_in_either_naming_loads(tmp_path, monkeypatch, no_network):
     """save_pretrained writes the names of the published hub folders (fc1, out_proj, encoder.encoder);
     a folder holding the installed release's module names (5.24: mlp.fc1, o_proj, aifi) loads too."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
