@@ -20,6 +20,7 @@ classes, no background slot; DETRs model "no object" themselves).
 """
 from __future__ import annotations
 
+import copy
 import difflib
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -218,7 +219,8 @@ def arch_kwargs(name: str, overrides: Mapping[str, Any] | None = None,
     such dict, for tests.
     """
     arch = detr_arch(name)
-    numbers, backbone = dict(arch.numbers), dict(arch.backbone)
+    # Deep copies: the table's lists must never be changed through a config built from them.
+    numbers, backbone = copy.deepcopy(dict(arch.numbers)), copy.deepcopy(dict(arch.backbone))
     for key, value in (overrides or {}).items():
         if key == "backbone":
             if not isinstance(value, Mapping):

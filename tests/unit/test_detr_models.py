@@ -49,7 +49,9 @@ def test_overrides_change_only_what_they_name():
     numbers, backbone = arch_kwargs("rtdetr_v2_r18vd", {"decoder_layers": 1, "backbone": {"depths": [1, 1, 1, 1]}})
     assert numbers["decoder_layers"] == 1 and backbone["depths"] == [1, 1, 1, 1]
     assert numbers["hidden_expansion"] == 0.5 and backbone["layer_type"] == "basic"
+    backbone["hidden_sizes"].append(1)
     assert detr_arch("rtdetr_v2_r18vd").numbers["decoder_layers"] == 3   # the table is untouched
+    assert detr_arch("rtdetr_v2_r18vd").backbone["hidden_sizes"] == [64, 128, 256, 512]
 
 
 # Published architecture numbers, read off the official configs (see orchestrator/detr_table.py).
@@ -131,6 +133,7 @@ def test_tiny_variant_runs_forward_with_the_dataset_class_count(name, no_network
     no_object = 1 if detr_arch(name).family == "detr" else 0   # DETR's softmax has a no-object logit
     assert out.logits.shape[-1] == 3 + no_object
     assert out.pred_boxes.shape[-1] == 4
+    assert model.config.model_type == detr_arch(name).model_type   # what an HF folder's config.json says
 
 
 def test_class_count_and_names_are_validated():
