@@ -2,8 +2,8 @@
 
 The official code (lyuwenyu/RT-DETR rtdetrv2_pytorch, a checkout next to the repo in
 ``../shared/thirdparty``) runs as a program (``tests/official_rtdetrv2_outputs.py``): it builds its
-model with seeded random weights and saves them with its outputs for one image. The release-style
-checkpoint goes through ``jobs.detr_weights.load_init_weights`` into ``build_detr``'s model, whose
+model, gives the EMA copy seeded random weights, saves a checkpoint shaped like its solver's
+(optimizer and schedulers included) and its outputs for one image. The checkpoint goes through ``jobs.detr_weights.load_init_weights`` into ``build_detr``'s model, whose
 logits and boxes must then match the official ones: names, shapes and the fused-attention split are
 right only if the numbers agree.
 """
@@ -29,11 +29,11 @@ CONFIGS = {"rtdetr_v2_r18vd": "rtdetrv2_r18vd_120e_coco.yml", "rtdetr_v2_r50vd":
 @pytest.mark.skipif(not os.path.isdir(RTDETR_DIR), reason="the official RT-DETR checkout is not next to the repo")
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_official_weights_give_the_official_outputs(name, tmp_path):
-    release = tmp_path / "release.pth"
+    release, outputs = tmp_path / "release.pth", tmp_path / "outputs.pth"
     subprocess.run([sys.executable, os.path.join(HERE, "..", "official_rtdetrv2_outputs.py"), RTDETR_DIR,
-                    os.path.join(RTDETR_DIR, "configs", "rtdetrv2", CONFIGS[name]), str(release), "--size", "320"],
-                   check=True, cwd=tmp_path)
-    expected = torch.load(release, weights_only=True)
+                    os.path.join(RTDETR_DIR, "configs", "rtdetrv2", CONFIGS[name]), str(release), str(outputs),
+                    "--size", "320"], check=True, cwd=tmp_path)
+    expected = torch.load(outputs, weights_only=True)
     model = build_detr(name, 80).eval()
     report = load_init_weights(model, str(release))
     assert report["missing"] == [] and report["skipped"] == [] and report["unexpected"] == []
