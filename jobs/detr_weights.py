@@ -133,7 +133,7 @@ def is_class_dependent(hf_key: str) -> bool:
     return bool(_CLASS_DEPENDENT.search(hf_key))
 
 
-def unwrap_official(checkpoint: Mapping[str, Any], where: str = "checkpoint") -> Mapping[str, Any]:
+def unwrap_official(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
     """The state dict of an official release: ``ema.module`` when present (what ``-t`` tunes from), else ``model``."""
     ema = checkpoint.get("ema")
     if isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
@@ -144,7 +144,7 @@ def unwrap_official(checkpoint: Mapping[str, Any], where: str = "checkpoint") ->
 
 
 def map_official_state_dict(official: Mapping[str, Any], model: Any,
-                            where: str = "checkpoint") -> tuple[dict[str, Any], dict[str, list]]:
+                            where: str = "(state dict)") -> tuple[dict[str, Any], dict[str, list]]:
     """Place every tensor of an official RT-DETRv2 state dict on the HF ``model``'s tensors.
 
     ``official``: name -> tensor (or just a shape, for dry checks); ``{"model": ...}`` and
@@ -157,7 +157,7 @@ def map_official_state_dict(official: Mapping[str, Any], model: Any,
     if family not in _OFFICIAL_RULES:
         raise OrchError(f"{where}: official-format checkpoints are mapped for RT-DETRv2 models only, "
                         f"not {family!r}; convert it to a Hugging Face folder (save_pretrained) and pass that.")
-    official = unwrap_official(official, where)
+    official = unwrap_official(official)
     own = model.state_dict(keep_vars=True)
     aliases = _alias_groups(model)
     mapped: dict[str, Any] = {}
@@ -190,7 +190,7 @@ def map_official_state_dict(official: Mapping[str, Any], model: Any,
             for alias in aliases[name]:
                 mapped[alias] = piece
     if unplaced or wrong_shape:
-        raise OrchError(_architecture_error(where, model, unplaced, wrong_shape))
+        raise OrchError(_architecture_error(where, model, list(dict.fromkeys(unplaced)), wrong_shape))
     return mapped, _report(model, set(mapped), skipped, [], derived)
 
 
@@ -199,7 +199,7 @@ def load_init_weights(model: Any, url: str) -> dict[str, list]:
     if _is_hf_folder(url):
         return load_hf_folder(model, url)
     checkpoint = read_weights(url)
-    state = unwrap_official(checkpoint, url)
+    state = unwrap_official(checkpoint)
     if _looks_official(state):
         mapped, report = map_official_state_dict(state, model, where=url)
     else:
@@ -216,9 +216,11 @@ def read_weights(url: str) -> Mapping[str, Any]:
     try:
         data = torch.load(io.BytesIO(storage.read_bytes(url)), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's message is a page; the line naming the refused object is the useful one.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f"it holds a pickled {found.group(1)}" if found else "it holds objects besides tensors"
         raise OrchError(f"model.init_checkpoint {url}: refused to unpickle it with weights_only=True "
-                        f"({first}); it holds objects besides tensors. Re-save only the weights "
+                        f"({what}). Re-save only the weights "
                         f"(torch.save({{'model': model.state_dict()}}, path)) from code you trust, or "
                         f"pass a Hugging Face folder (config.json + model.safetensors).") from None
     if not isinstance(data, Mapping):

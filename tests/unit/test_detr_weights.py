@@ -150,7 +150,7 @@ def test_a_pickle_with_objects_is_refused_with_a_clear_error(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {}, "args": OrchError("not a tensor")}, path)
     model = build_detr("rtdetr_v2_r18vd", 3, **tiny_overrides("rtdetr_v2_r18vd"))
-    with pytest.raises(OrchError, match=r"evil\.pth: refused to unpickle it with weights_only=True"):
+    with pytest.raises(OrchError, match=r"evil\.pth: refused to unpickle it with weights_only=True \(it holds a pickled orchestrator\.errors\.OrchError\)"):
         load_init_weights(model, str(path))
 
 
