@@ -3,9 +3,10 @@
 The official code (lyuwenyu/RT-DETR rtdetrv2_pytorch, a checkout next to the repo in
 ``../shared/thirdparty``) runs as a program (``tests/official_rtdetrv2_outputs.py``): it builds its
 model, gives the EMA copy seeded random weights, saves a checkpoint shaped like its solver's
-(optimizer and schedulers included) and its outputs for one image. The checkpoint goes through ``jobs.detr_weights.load_init_weights`` into ``build_detr``'s model, whose
-logits and boxes must then match the official ones: names, shapes and the fused-attention split are
-right only if the numbers agree.
+(optimizer and schedulers included) and its outputs for one image. The checkpoint goes through
+``jobs.detr_weights.load_init_weights`` into ``build_detr``'s model, whose logits and boxes must
+then match the official ones: names, shapes and the fused-attention split are right only if the
+numbers agree.
 """
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ OFFICIAL = {"rtdetr_v2_r18vd": "rtdetrv2_r18vd_120e_coco", "rtdetr_v2_r34vd": "r
             "rtdetr_v2_r50vd": "rtdetrv2_r50vd_6x_coco"}
 # Written independently of jobs/detr_weights.py: what depends on the class count in each naming.
 OFFICIAL_CLASS_DEPENDENT = re.compile(r"^decoder\.(enc_score_head|dec_score_head\.\d+|denoising_class_embed)\.")
-HF_CLASS_DEPENDENT = re.compile(r"^(model\.enc_score_head|(model\.decoder\.)?class_embed\.\d+|model\.denoising_class_embed)\.")
+HF_CLASS_DEPENDENT = re.compile(
+    r"^(model\.enc_score_head|(model\.decoder\.)?class_embed\.\d+|model\.denoising_class_embed)\.")
 DERIVED = {"decoder.anchors", "decoder.valid_mask"}   # recomputed by the HF model from the image size
 
 
@@ -150,7 +151,8 @@ def test_a_pickle_with_objects_is_refused_with_a_clear_error(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {}, "args": OrchError("not a tensor")}, path)
     model = build_detr("rtdetr_v2_r18vd", 3, **tiny_overrides("rtdetr_v2_r18vd"))
-    with pytest.raises(OrchError, match=r"evil\.pth: refused to unpickle it with weights_only=True \(it holds a pickled orchestrator\.errors\.OrchError\)"):
+    refused = r"evil\.pth: refused to unpickle it with weights_only=True \(it holds a pickled orchestrator\.errors\."
+    with pytest.raises(OrchError, match=refused):
         load_init_weights(model, str(path))
 
 
