@@ -41,6 +41,8 @@ _CLASS_DEPENDENT = re.compile(r"(^|\.)(enc_score_head|class_embed|denoising_clas
 # Official buffers the HF model recomputes from the image size instead of storing.
 _OFFICIAL_DERIVED = re.compile(r"^decoder\.(anchors|valid_mask)$")
 _SPLIT_QKV = ("q_proj", "k_proj", "v_proj")
+# A BatchNorm step counter, absent where the model freezes that norm: no weight, never an error.
+_HARMLESS = ("num_batches_tracked",)
 
 # Official RT-DETRv2 name -> HF name as the published hub folders spell it (what save_pretrained
 # still writes), first match wins; ``resolve_name`` then finds the installed release's spelling.
@@ -248,8 +250,9 @@ def load_hf_folder(model: Any, url: str) -> dict[str, list]:
             folder, config=copy.deepcopy(model.config), ignore_mismatched_sizes=True, local_files_only=True,
             use_safetensors=True, output_loading_info=True)
     wrong = [(k, tuple(a), tuple(b)) for k, a, b in info["mismatched_keys"] if not is_class_dependent(k)]
-    if wrong:
-        raise OrchError(_architecture_error(url, model, [], [(k, k, a, b) for k, a, b in wrong]))
+    extra = sorted(k for k in info["unexpected_keys"] if not k.endswith(_HARMLESS))
+    if wrong or extra:
+        raise OrchError(_architecture_error(url, model, extra, [(k, k, a, b) for k, a, b in wrong]))
     model.load_state_dict(loaded.state_dict())
     skipped = [(k, tuple(a), tuple(b)) for k, a, b in info["mismatched_keys"]]
     groups = _alias_groups(model)
@@ -297,9 +300,9 @@ def _match_by_name(state: Mapping[str, Any], model: Any, url: str) -> tuple[dict
             (skipped if is_class_dependent(key) else wrong).append((key, _shape(value), tuple(own[key].shape)))
         else:
             mapped[key] = value
-    if wrong or (unexpected and not mapped):
-        raise OrchError(_architecture_error(url, model, unexpected if not mapped else [],
-                                            [(k, k, a, b) for k, a, b in wrong]))
+    extra = [k for k in unexpected if not k.endswith(_HARMLESS)]
+    if wrong or extra:
+        raise OrchError(_architecture_error(url, model, extra, [(k, k, a, b) for k, a, b in wrong]))
     return mapped, _report(model, set(mapped), skipped, unexpected, [])
 
 

@@ -217,6 +217,16 @@ def test_hf_folder_of_another_family_or_without_safetensors_is_refused(tmp_path)
         load_init_weights(_tiny("dfine_s", 3), str(tmp_path / "dfine"))
 
 
+def test_hf_folder_or_state_dict_of_a_deeper_model_is_refused(tmp_path, no_network):
+    """Tensors with no place in the model mean another architecture: refused, not half-loaded."""
+    deeper = build_detr("rtdetr_v2_r18vd", 3, **{**tiny_overrides("rtdetr_v2_r18vd"), "decoder_layers": 3})
+    deeper.save_pretrained(tmp_path / "hf")
+    torch.save({"model": deeper.state_dict()}, tmp_path / "ckpt.pth")
+    for url in (tmp_path / "hf", tmp_path / "ckpt.pth"):
+        with pytest.raises(OrchError, match=r"\d+ tensor\(s\) have no place in it \(e\.g\. model\.decoder\.\w+\.2\."):
+            load_init_weights(_tiny("rtdetr_v2_r18vd", 3), str(url))
+
+
 def test_an_orch_checkpoint_in_hf_names_loads_by_name(tmp_path):
     source = _tiny("dfine_s", 80)
     torch.save({"model": source.state_dict(), "step": 10}, tmp_path / "ckpt.pth")
