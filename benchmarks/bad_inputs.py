@@ -1,4 +1,4 @@
-"""Score orch against its bad-input catalogue (tests/badinput/cases.py): prints `bad inputs: clean N/M`
+"""Score orch against its bad-input catalogue (tests/badinput/badinput_cases.py): prints `bad inputs: clean N/M`
 and one line per case that is not clean (what went wrong, the exit status and stderr).
 
     python benchmarks/bad_inputs.py [--workers 3] [--only SUBSTRING] [--keep DIR] [--json FILE]
@@ -6,7 +6,7 @@ and one line per case that is not clean (what went wrong, the exit status and st
 Each case runs `python3 -m orchestrator.cli ...` in a fresh copy of a small workspace (a synthetic
 dataset, a valid config, a real tiny checkpoint, ...) and must exit non-zero with one paragraph on
 stderr naming the file/key/value, without a traceback, without writing or changing any file and
-without queueing a job (tests/badinput/harness.py). Exit status 1 when a case is not clean.
+without queueing a job (tests/badinput/badinput_harness.py). Exit status 1 when a case is not clean.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests", "badinput"))
 
-from cases import AWAITING_OTHER_PACKAGES, CASES  # noqa: E402
-from harness import run_catalogue, to_json  # noqa: E402
+from badinput_cases import AWAITING_OTHER_PACKAGES, CASES  # noqa: E402
+from badinput_harness import run_catalogue, to_json  # noqa: E402
 
 
 def main() -> int:

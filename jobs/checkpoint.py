@@ -397,7 +397,8 @@ def deserialize(data: bytes, url: str = "<bytes>") -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True`` and errors that name the URL."""
     if not data.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or its legacy pickle format
         shown = "it is empty" if not data else f"it starts with {data[:8]!r}"
-        raise CheckpointError(f"{url} is not a torch checkpoint ({shown}, not torch.save's zip or pickle format): "
+        raise CheckpointError(f"{url} is not a readable torch checkpoint ({shown}, not torch.save's zip or pickle "
+                              f"format): "
                               f"pass a .pth written by orch or by torch.save({{'model': state_dict}})")
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

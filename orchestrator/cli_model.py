@@ -139,11 +139,12 @@ def _check_checkpoint(args: argparse.Namespace) -> tuple[str, str | None]:
 
 
 def _check_json_inputs(*pairs: tuple[str, str | None]) -> None:
-    """Read each annotation file given on the command line now, not after the model has loaded."""
+    """Read each local annotation file given on the command line now, not after the model has loaded
+    (remote ones may need the run's storage options, which loading the model applies)."""
     from orchestrator import cocofile
 
     for _flag, path in pairs:
-        if path:
+        if path and storage.is_local(path):
             cocofile.load_coco(storage.absolute(path))
 
 
@@ -171,21 +172,25 @@ def _print_notes(notes: list[str]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    ann_file, img_dir = _val_split(args)
-    url, run_dir = _check_checkpoint(args)
-    _check_json_inputs(("--categories", args.categories))
-    given = ann_file is not None
-    if not given:
-        val = (_config_without_torch(args, run_dir).get("data") or {}).get("val") or {}
-        ann_file, img_dir = val.get("ann_file"), val.get("img_dir")
-        if not (ann_file and img_dir):
-            raise OrchError(f"no val set for {url}: pass --data VAL.json --images DIR")
     from orchestrator import datatools
 
-    datatools.check_first_images(ann_file, img_dir, "--images" if given else "the run's data.val.img_dir")
+    ann_file, img_dir = _val_split(args)
+    _check_checkpoint(args)
+    _check_json_inputs(("--categories", args.categories))
+    checked = ann_file is not None and storage.is_local(ann_file) and storage.is_local(img_dir)
+    if checked:  # a wrong --images fails here, not in a DataLoader worker after the model has loaded
+        datatools.check_first_images(ann_file, img_dir, "--images")
     from jobs.predict import evaluate_checkpoint
 
-    loaded = _load(args, fallback_categories=ann_file if given else None)
+    loaded = _load(args, fallback_categories=ann_file)
+    flag = "--images"
+    if ann_file is None:  # the run's val set
+        val = ((loaded.config or {}).get("data") or {}).get("val") or {}
+        ann_file, img_dir, flag = val.get("ann_file"), val.get("img_dir"), "the run's data.val.img_dir"
+        if not (ann_file and img_dir):
+            raise OrchError(f"no val set for {loaded.checkpoint_url}: pass --data VAL.json --images DIR")
+    if not checked:  # remote files are readable once load_model applied the run's storage options
+        datatools.check_first_images(ann_file, img_dir, flag)
     result = evaluate_checkpoint(loaded, ann_file, img_dir, batch_size=args.batch, workers=max(0, args.workers))
     notes = loaded.notes + result["notes"]
     if args.json:
@@ -198,16 +203,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{result['num_detections']} detections on {result['num_images']} images in {result['seconds']:.1f} s "
           f"({loaded.device}, {result['backend']})")
     return 0
-
-
-def _config_without_torch(args: argparse.Namespace, run_dir: str | None) -> dict[str, Any]:
-    """--config's resolved config, else the run's (plan.json), else {}."""
-    from orchestrator import config as config_mod
-    from orchestrator import runs
-
-    if args.config:
-        return config_mod.load_config(args.config).data
-    return runs.read_plan(run_dir)["config"] if run_dir else {}
 
 
 def _eval_json(loaded, result: dict[str, Any], ann_file: str, img_dir: str, notes: list[str]) -> dict[str, Any]:
@@ -226,7 +221,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     url, _run_dir = _check_checkpoint(args)
     images = storage.absolute(args.images)
-    modelio.list_images(images)
+    if storage.is_local(images):
+        modelio.list_images(images)
     out = storage.absolute(args.out)
     draw_dir = storage.absolute(args.draw) if args.draw else None
     inputs = _model_inputs(args, url) + [("the --ann file", args.ann and storage.absolute(args.ann)),
@@ -257,7 +253,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     url, _run_dir = _check_checkpoint(args)
     out = storage.absolute(args.out) if args.out else (url[:-4] if url.endswith(".pth") else url) + ".onnx"
     modelio.refuse_output_over_inputs(out, "--out", _model_inputs(args, url))
-    if args.check and args.images:
+    if args.check and args.images and storage.is_local(args.images):
         modelio.list_images(storage.absolute(args.images))
     _check_json_inputs(("--categories", args.categories))
     from jobs import export

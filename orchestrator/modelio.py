@@ -73,8 +73,9 @@ def check_checkpoint_header(url: str) -> None:
     if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC):
         return
     shown = "it is empty" if not head else f"it starts with {head!r}"
-    raise OrchError(f"{url} is not a torch checkpoint ({shown}, not torch.save's zip or pickle format): pass a "
-                    f".pth written by orch (<run_dir>/checkpoints/) or by torch.save({{'model': state_dict}})")
+    raise OrchError(f"{url} is not a readable torch checkpoint ({shown}, not torch.save's zip or pickle "
+                    f"format): pass a .pth written by orch (<run_dir>/checkpoints/) or by "
+                    f"torch.save({{'model': state_dict}})")
 
 
 def require_model_source(url: str, run_dir: str | None, model_name: str | None, config_file: str | None,
@@ -115,7 +116,7 @@ def refuse_output_over_inputs(out: str, flag: str, inputs: Iterable[tuple[str, s
     output file (``folder=False``) that is an existing folder or an output folder that is a file."""
     for role, url in inputs:
         if url and same_path(out, url):
-            raise OrchError(f"{flag} {out} is {role}: writing there would overwrite an input; pass another path "
+            raise OrchError(f"{flag} {out} would overwrite its input ({role}): pass another path "
                             f"(inputs are never modified)")
     if storage.is_local(out) and os.path.exists(storage.absolute(out)):
         if not folder and os.path.isdir(storage.absolute(out)):
@@ -130,5 +131,5 @@ def refuse_output_in_folder(out: str, flag: str, folder: str | None, role: str) 
         return
     path = os.path.realpath(storage.absolute(out))
     if os.path.exists(path) and os.path.dirname(path) == os.path.realpath(storage.absolute(folder)):
-        raise OrchError(f"{flag} {out} is a file of {role} {folder}: writing there would overwrite an input; "
-                        f"pass a path outside it")
+        raise OrchError(f"{flag} {out} would overwrite its input (a file of {role} {folder}): pass a path "
+                        f"outside that folder")

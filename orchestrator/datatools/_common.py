@@ -145,7 +145,8 @@ def write_json(url: str, data: dict[str, Any]) -> None:
 
 def refuse_output_in_dataset(out_url: str, src_dir: str, what: str) -> None:
     """Refuse an output that is a folder, or an existing file inside the dataset being read (a label, an
-    image, a class list): a converter's --out may sit in the dataset folder only as a new file."""
+    image, an XML, a class list). The converters read no .json file, so an earlier output (an existing
+    ``.json``) may be written again; any other existing file there is refused."""
     import os
 
     if not (storage.is_local(out_url) and storage.is_local(src_dir)):
@@ -155,9 +156,9 @@ def refuse_output_in_dataset(out_url: str, src_dir: str, what: str) -> None:
     out, src = os.path.realpath(storage.absolute(out_url)), os.path.realpath(storage.absolute(src_dir))
     if os.path.isdir(out):
         raise DatasetError(f"{what} --out {out_url} is a folder: pass a .json file path")
-    if os.path.exists(out) and (out + os.sep).startswith(src + os.sep):
-        raise DatasetError(f"{what} --out {out_url} is a file of the dataset {src_dir} it reads: writing there "
-                           f"would overwrite an input; pass a new file (e.g. {src_dir}/annotations.json)")
+    if os.path.exists(out) and out.startswith(src + os.sep) and not out.lower().endswith(".json"):
+        raise DatasetError(f"{what} --out {out_url} would overwrite its input (a file of the dataset {src_dir}): "
+                           f"pass a new .json file (e.g. {src_dir}/annotations.json)")
 
 
 def list_files(root_url: str) -> list[str]:

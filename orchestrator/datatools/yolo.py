@@ -196,6 +196,10 @@ def _check_normalised(url: str, line_no: int, line: str, box: tuple[float, ...],
     if not all(math.isfinite(v) for v in box):
         raise DatasetError(f"{url}:{line_no}: {line.strip()!r} has a NaN or infinite value: write finite numbers "
                            f"'class cx cy w h' normalised to [0, 1]")
+    if w <= 0 or h <= 0:
+        which = "width" if w <= 0 else "height"
+        raise DatasetError(f"{url}:{line_no}: {line.strip()!r}: the box {which} is {w if w <= 0 else h:g}; a box "
+                           f"needs a positive width and height: fix or delete the line")
     if polygon:
         values = [cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2]
         names = "polygon coordinates"
@@ -206,7 +210,3 @@ def _check_normalised(url: str, line_no: int, line: str, box: tuple[float, ...],
         raise DatasetError(f"{url}:{line_no}: {line.strip()!r}: {names} must be normalised to [0, 1] (fractions of "
                            f"the image width and height), got {max(values, key=abs):g}; divide pixel values by "
                            f"the image size")
-    if w <= 0 or h <= 0:
-        which = "width" if w <= 0 else "height"
-        raise DatasetError(f"{url}:{line_no}: {line.strip()!r}: the box {which} is {w if w <= 0 else h:g}; a box "
-                           f"needs a positive width and height: fix or delete the line")

@@ -1,4 +1,4 @@
-"""Runs the bad-input catalogue (cases.py): every case is `python3 -m orchestrator.cli ...` in a
+"""Runs the bad-input catalogue (badinput_cases.py): every case is `python3 -m orchestrator.cli ...` in a
 subprocess, in a fresh copy of a small valid workspace, and must be refused cleanly.
 
 A case is clean when:

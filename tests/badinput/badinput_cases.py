@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any, Callable
 
-from harness import FRCNN, SSDLITE, case, voc_xml, write
+from badinput_harness import FRCNN, SSDLITE, case, voc_xml, write
 
 CASES = []
 
