@@ -6,7 +6,8 @@ relative to the *images dir* (``SRC/JPEGImages`` when it exists, else the XML fo
 ``images_dir``: pass it as ``--images`` when training.
 
 VOC boxes are 1-based inclusive pixel indices; the COCO box is
-``[xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]`` (detectron2's VOC rule).
+``[xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]`` (detectron2's VOC rule). A box with
+``xmax < xmin`` or ``ymax < ymin``, a NaN/inf coordinate or a negative size is refused, naming the XML.
 ``difficult`` objects are kept with ``iscrowd: 1``, so training and COCO evaluation ignore them.
 ``image_set`` (e.g. ``trainval``) converts only the ids listed in ``SRC/ImageSets/Main/<set>.txt``,
 as VOC's own splits do. Categories are the given ``classes`` in that order, else all object names sorted alphabetically

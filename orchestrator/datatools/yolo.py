@@ -12,8 +12,9 @@ Layouts understood (``SRC`` is what the user passes):
 (``images/train``, ``images/val``) pass ``SRC/images/train`` to convert one split; the sub-folders
 are returned as ``subfolders``. The images dir is returned as ``images_dir``; pass it as ``--images`` (or the config's image
 folder) when training. A label line is ``class cx cy w h`` normalised to [0, 1] (a YOLO-seg
-polygon ``class x1 y1 x2 y2 ...`` becomes its bounding box). Category ids are 1..K in the order of
-the class names, taken from ``classes`` or found in ``classes.txt`` / ``data.yaml`` (``names``).
+polygon ``class x1 y1 x2 y2 ...`` becomes its bounding box). A value outside [0, 1] (pixels
+instead of fractions), NaN/inf or a zero or negative width/height is refused, naming ``file:line``.
+Category ids are 1..K in the order of the class names, taken from ``classes`` or found in ``classes.txt`` / ``data.yaml`` (``names``).
 An image without a label file is a background image (kept, no annotations).
 """
 from __future__ import annotations
