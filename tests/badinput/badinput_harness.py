@@ -209,8 +209,12 @@ def write_fake_slurm(bin_dir: str) -> str:
 
 # ---------------------------------------------------------------- running a case
 
+BIG_FILE_BYTES = 1 << 20
+
+
 def snapshot(root: str) -> dict[str, str]:
-    """rel path -> sha256 for files, 'dir' for folders, 'link -> target' for symlinks."""
+    """rel path -> sha256 for files (inode, size and mtime for big ones), 'dir' for folders,
+    'link -> target' for symlinks."""
     found: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for d in dirnames:
@@ -221,6 +225,10 @@ def snapshot(root: str) -> dict[str, str]:
             rel = os.path.relpath(path, root)
             if os.path.islink(path):
                 found[rel] = f"link -> {os.readlink(path)}"
+                continue
+            stat = os.stat(path)
+            if stat.st_size >= BIG_FILE_BYTES:  # checkpoints: an in-place write changes mtime, a rename the inode
+                found[rel] = f"{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
                 continue
             digest = hashlib.sha256()
             with open(path, "rb") as f:

@@ -75,3 +75,20 @@ def test_the_judge_passes_a_clean_refusal():
     before = {"cfg.yml": "h"}
     assert judge(_result(2, "orch: error: bad.yml: unknown key 'x'"), before, dict(before),
                  ["sinfo -h -o %P", "scontrol show config"]) == []
+
+
+def test_snapshot_sees_a_big_file_rewritten_in_place_or_replaced(tmp_path):
+    import time
+
+    from badinput_harness import BIG_FILE_BYTES, snapshot, write
+
+    big = tmp_path / "model.pth"
+    big.write_bytes(b"a" * BIG_FILE_BYTES)
+    first = snapshot(str(tmp_path))
+    time.sleep(0.05)  # past the file system's timestamp granularity, as a real command is
+    with open(big, "r+b") as f:
+        f.write(b"b")
+    second = snapshot(str(tmp_path))
+    assert second["model.pth"] != first["model.pth"]
+    write(str(tmp_path), "model.pth", b"a" * BIG_FILE_BYTES)  # a new file under the same name
+    assert snapshot(str(tmp_path))["model.pth"] not in (first["model.pth"], second["model.pth"])
