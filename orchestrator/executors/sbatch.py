@@ -1,0 +1,130 @@
+"""The one sbatch script writer: a JobRequest (plus, for sweeps, the array's task ids) in, script text out.
+
+Pure: no submitit, no SLURM on PATH, nothing read from the machine that renders it except the
+interpreter path, which is a parameter (golden tests pin it). `orch submit --dry-run` prints this
+text and `orch submit` hands the same text to ``sbatch --parsable``.
+
+Two parsers read what we write, and each is handled where it bites:
+- sbatch reads ``#SBATCH`` lines with its own rules (a backslash escapes the next character, quotes
+  group, an unescaped ``#`` starts a comment): values are backslash-escaped, never shell-quoted.
+- SLURM expands ``%`` patterns in ``--output`` paths, and a single backslash anywhere in one turns
+  every pattern off (``remove_path_slashes`` in slurmd). So no user text ever enters a pattern: the
+  job runs in its log dir (``--chdir``) and the log names are the constant relative patterns
+  ``%j_%t_log.out`` (single jobs) and ``%A_%a_%t_log.out`` (array tasks), submitit's names, by which
+  `orch logs` finds a job's files (prefix ``<job_id>_``, an array task's job id being
+  ``<array>_<task>``).
+- bash runs the body: every interpolated value is shell-quoted; an array task's run dir is the
+  quoted literal prefix and suffix around the zero-padded task id (no printf of user text).
+Newlines and other control characters never get here: ``validate_request`` refuses them.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+
+from orchestrator.executors.base import JobRequest, SubmissionError, _no_control_chars, time_to_minutes
+
+SINGLE_LOG = "%j_%t_log.out"        # srun: one file per node (task = node rank)
+SINGLE_BATCH_LOG = "%j_0_log.out"   # the batch step shares node 0's file
+ARRAY_LOG = "%A_%a_%t_log.out"
+ARRAY_BATCH_LOG = "%A_%a_0_log.out"
+SBATCH_SAFE_RE = re.compile(r"[A-Za-z0-9/._,:=@+%\[\]-]")   # % means nothing to the #SBATCH line parser
+FORMAT_TOKEN_RE = re.compile(r"%(%|0(\d+)d)?")
+
+
+def sbatch_escape(value: str) -> str:
+    """A value for an ``#SBATCH`` line, read back by sbatch byte for byte (backslash before anything unusual)."""
+    return "".join(c if SBATCH_SAFE_RE.match(c) else "\\" + c for c in value)
+
+
+def sbatch_options(req: JobRequest) -> list[tuple[str, str | None]]:
+    """(option, value) pairs in the order they are written; value None is a bare flag."""
+    options: list[tuple[str, str | None]] = [
+        ("job-name", req.run_name),
+        ("nodes", str(req.nodes)),
+        ("ntasks-per-node", "1"),                 # one launcher per node; torchrun starts its GPU processes
+        ("gpus-per-node", str(req.gpus_per_node)),
+        ("cpus-per-task", str(req.cpus_per_gpu * req.gpus_per_node)),
+        ("time", str(time_to_minutes(req.time))),
+    ]
+    for key in ("partition", "account", "qos", "constraint", "exclude"):
+        if getattr(req, key):
+            options.append((key, getattr(req, key)))
+    if req.mem_per_gpu:
+        options.append(("mem-per-gpu", req.mem_per_gpu))
+    options += [("signal", f"USR2@{req.signal_delay_s}"), ("requeue", None), ("open-mode", "append"),
+                ("wckey", "orch")]
+    return options
+
+
+def _header(req: JobRequest, options: list[tuple[str, str | None]], batch_log: str) -> list[str]:
+    options = options + [("chdir", req.log_dir), ("output", batch_log)]
+    lines = ["#!/bin/bash", f"# orch run {req.run_name}: runs in its log dir (--chdir), one log per node", ""]
+    for key, value in options:
+        lines.append(f"#SBATCH --{key}" if value is None else f"#SBATCH --{key}={sbatch_escape(value)}")
+    return lines
+
+
+def _launch(python: str, run_dir_word: str, node_log: str) -> str:
+    return (f"srun --unbuffered --output {node_log} {shlex.quote(python)} -u -m jobs.launch {run_dir_word}")
+
+
+def render_job(req: JobRequest, python: str = sys.executable) -> str:
+    """The sbatch script of one job: one srun task per node, each running ``jobs.launch RUN_DIR``."""
+    lines = _header(req, sbatch_options(req), SINGLE_BATCH_LOG)
+    lines += ["", _launch(python, shlex.quote(req.run_dir), SINGLE_LOG), ""]
+    return "\n".join(lines)
+
+
+def render_array(req: JobRequest, task_ids: list[int], run_dir_format: str, python: str = sys.executable) -> str:
+    """One sbatch script for a job array: task i runs ``jobs.launch`` on ``run_dir_format % i``."""
+    prefix, width, suffix = split_run_dir_format(run_dir_format)
+    options = sbatch_options(req) + [("array", format_array(task_ids, req.max_parallel))]
+    if req.extra.get("hold"):
+        options.append(("hold", None))
+    lines = _header(req, options, ARRAY_BATCH_LOG)
+    run_dir = f"{shlex.quote(prefix)}\"$TASK\"{shlex.quote(suffix) if suffix else ''}"
+    lines += ["", f"printf -v TASK '%0{width}d' \"$SLURM_ARRAY_TASK_ID\"", f"RUN_DIR={run_dir}",
+              _launch(python, '"$RUN_DIR"', ARRAY_LOG), ""]
+    return "\n".join(lines)
+
+
+def split_run_dir_format(run_dir_format: str) -> tuple[str, int, str]:
+    """``/a/100%%/p%03d`` → (``/a/100%/p``, 3, ``""``): the literal text around the one task-id placeholder.
+
+    The format follows Python's ``%`` rules (``%%`` is a literal ``%``), as ``run_dir_format % i`` does.
+    """
+    _no_control_chars("run dir format", run_dir_format)
+    parts, widths, start = [""], [], 0
+    for match in FORMAT_TOKEN_RE.finditer(run_dir_format):
+        parts[-1] += run_dir_format[start:match.start()]
+        start = match.end()
+        if match.group(1) == "%":
+            parts[-1] += "%"
+        elif match.group(2) is not None:
+            widths.append(int(match.group(2)))
+            parts.append("")
+        else:
+            raise SubmissionError(f"run dir format {run_dir_format!r} has a '%' that is neither '%%' nor the "
+                                  "task id placeholder '%0Nd'; write a literal '%' as '%%'")
+    parts[-1] += run_dir_format[start:]
+    if len(widths) != 1:
+        raise SubmissionError(f"run dir format {run_dir_format!r} must hold exactly one task id placeholder "
+                              f"such as '%03d' (it holds {len(widths)})")
+    return parts[0], widths[0], parts[1]
+
+
+def format_array(task_ids: list[int], max_parallel: int | None = None) -> str:
+    """sbatch's --array value: ranges joined by commas, then %K (``[0,1,2,5] , 2`` → ``0-2,5%2``)."""
+    ids = sorted(set(task_ids))
+    if not ids:
+        raise SubmissionError("a job array needs at least one task")
+    spans = [[ids[0], ids[0]]]
+    for task in ids[1:]:
+        if task == spans[-1][1] + 1:
+            spans[-1][1] = task
+        else:
+            spans.append([task, task])
+    text = ",".join(str(low) if low == high else f"{low}-{high}" for low, high in spans)
+    return f"{text}%{min(max_parallel, len(ids))}" if max_parallel else text
