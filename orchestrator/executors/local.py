@@ -27,6 +27,7 @@ def launch_command(req: JobRequest, python: str = sys.executable) -> str:
 
 class LocalExecutor(Executor):
     name = "local"
+    python = sys.executable   # the interpreter that runs the launcher (tests pin it)
 
     def check(self, req: JobRequest) -> None:
         if req.nodes != 1:
@@ -36,13 +37,13 @@ class LocalExecutor(Executor):
     def script(self, req: JobRequest) -> str:
         return (f"# local executor: no sbatch; `sh -c` runs this on this machine, detached, in the directory "
                 f"`orch submit` runs in;\n# the job id is the launcher's process id ($$), torchrun starts "
-                f"{req.gpus_per_node} process(es)\n{launch_command(req)}\n")
+                f"{req.gpus_per_node} process(es)\n{launch_command(req, self.python)}\n")
 
     def submit(self, req: JobRequest) -> Submitted:
         os.makedirs(req.log_dir, exist_ok=True)
         # started from a shell that exits at once: the launcher is nobody's child here (no zombie in a
         # long-lived caller) and keeps running after `orch submit` ends
-        detach = f"/bin/sh -c {shlex.quote(launch_command(req))} </dev/null >/dev/null 2>&1 &\necho $!"
+        detach = f"/bin/sh -c {shlex.quote(launch_command(req, self.python))} </dev/null >/dev/null 2>&1 &\necho $!"
         result = subprocess.run(["/bin/sh", "-c", detach], capture_output=True, text=True, start_new_session=True)
         pid = result.stdout.strip()
         if result.returncode != 0 or not pid.isdigit():
