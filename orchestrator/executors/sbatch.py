@@ -5,8 +5,9 @@ interpreter path, which is a parameter (golden tests pin it). `orch submit --dry
 text and `orch submit` hands the same text to ``sbatch --parsable``.
 
 Two parsers read what we write, and each is handled where it bites:
-- sbatch reads ``#SBATCH`` lines with its own rules (a backslash escapes the next character, quotes
-  group, an unescaped ``#`` starts a comment): values are backslash-escaped, never shell-quoted.
+- sbatch reads ``#SBATCH`` lines with its own rules (quotes group, a backslash escapes the next
+  character but not whitespace, an unquoted ``#`` starts a comment): unusual values are written in
+  double quotes with ``\\`` and ``"`` escaped, never shell-quoted.
 - SLURM expands ``%`` patterns in ``--output`` paths, and a single backslash anywhere in one turns
   every pattern off (``remove_path_slashes`` in slurmd). So no user text ever enters a pattern: the
   job runs in its log dir (``--chdir``) and the log names are the constant relative patterns
@@ -34,8 +35,15 @@ FORMAT_TOKEN_RE = re.compile(r"%(%|0(\d+)d)?")
 
 
 def sbatch_escape(value: str) -> str:
-    """A value for an ``#SBATCH`` line, read back by sbatch byte for byte (backslash before anything unusual)."""
-    return "".join(c if SBATCH_SAFE_RE.match(c) else "\\" + c for c in value)
+    """A value for an ``#SBATCH`` line that sbatch reads back byte for byte.
+
+    sbatch's parser (``_get_argument`` in src/sbatch/opt.c) ends an argument at unquoted whitespace
+    even after a backslash, so anything unusual goes inside double quotes, where only a backslash
+    and a double quote need a backslash before them.
+    """
+    if all(SBATCH_SAFE_RE.match(c) for c in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def sbatch_options(req: JobRequest) -> list[tuple[str, str | None]]:

@@ -56,29 +56,36 @@ def test_array_script_matches_golden_file():
 # ---------------------------------------------------------------- what sbatch reads from the #SBATCH lines
 
 def sbatch_argument(text):
-    """One argument of an #SBATCH line, read as sbatch does (_get_argument in src/sbatch/opt.c): a
-    backslash takes the next character literally, ' and " group, an unescaped # ends the line."""
-    out, quote, i = [], None, 0
+    """One argument of an #SBATCH line, read as sbatch does (_get_argument in src/sbatch/opt.c), step
+    for step: the loop stops at whitespace outside quotes *before* it looks at a pending backslash
+    (so a backslash cannot protect a space), a backslash takes the next character, ' and " group,
+    an unquoted # ends the line."""
+    out, quote, escape, i = [], None, False, 0
     while i < len(text) and (quote or not text[i].isspace()):
         c = text[i]
-        if c == "\\":
-            out.append(text[i + 1])
-            i += 2
+        if escape:
+            escape = False
+        elif c == "\\":
+            escape, i = True, i + 1
             continue
-        if quote:
+        elif quote:
             if c == quote:
-                quote = None
-            else:
-                out.append(c)
+                quote, i = None, i + 1
+                continue
         elif c in "'\"":
-            quote = c
+            quote, i = c, i + 1
+            continue
         elif c == "#":
             break
-        else:
-            out.append(c)
+        out.append(c)
         i += 1
     assert quote is None, f"unmatched quote in {text!r}"
     return "".join(out), text[i:]
+
+
+def test_the_parser_model_is_sbatchs_a_backslash_does_not_protect_a_space():
+    # what the first version of the writer did, and the real sbatch refused ("Invalid directive ... a")
+    assert sbatch_argument("--chdir=/x/it\\'s\\ a") == ("--chdir=/x/it's", " a")
 
 
 def sbatch_options_of(script):
@@ -298,3 +305,12 @@ def test_slurm_check_runs_the_partition_limits_in_dry_run_and_submit(tiny_data, 
         assert "partition dev has no node with 8 GPUs" in capsys.readouterr().err
     assert seen == ["golden", "golden"]
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_dry_run_imports_neither_submitit_nor_torch(tiny_data, tmp_path):
+    code = ("import sys; from orchestrator import cli; "
+            f"assert cli.main({submit_args(tiny_data, '--executor', 'slurm')!r}) == 0; "
+            "assert not {'submitit', 'torch'} & set(sys.modules), sorted({'submitit', 'torch'} & set(sys.modules))")
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
