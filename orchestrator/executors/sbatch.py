@@ -8,12 +8,14 @@ Two parsers read what we write, and each is handled where it bites:
 - sbatch reads ``#SBATCH`` lines with its own rules (quotes group, a backslash escapes the next
   character but not whitespace, an unquoted ``#`` starts a comment): unusual values are written in
   double quotes with ``\\`` and ``"`` escaped, never shell-quoted.
-- SLURM expands ``%`` patterns in ``--output`` paths, and a single backslash anywhere in one turns
-  every pattern off (``remove_path_slashes`` in slurmd). So no user text ever enters a pattern: the
-  job runs in its log dir (``--chdir``) and the log names are the constant relative patterns
-  ``%j_%t_log.out`` (single jobs) and ``%A_%a_%t_log.out`` (array tasks), submitit's names, by which
-  `orch logs` finds a job's files (prefix ``<job_id>_``, an array task's job id being
-  ``<array>_<task>``).
+- SLURM expands ``%`` patterns in log paths; for the batch log it joins the working directory and
+  the relative name first and expands the whole (the test cluster put a run dir's ``%j`` through
+  it), and a single backslash anywhere turns every pattern off (``remove_path_slashes``). So the
+  job runs in its log dir (``--chdir``, taken literally), each node's launcher opens its own log
+  from bash (``<job>_<node>_log.out``, array tasks ``<array>_<task>_<node>_log.out``: submitit's
+  names, by which `orch logs` finds a job's files), and only the batch log goes through a SLURM
+  pattern: the log dir with ``%`` written ``%%``, or /dev/null when it holds a backslash (the
+  script's own output still reaches node 0's log through bash).
 - bash runs the body: every interpolated value is shell-quoted; an array task's run dir is the
   quoted literal prefix and suffix around the zero-padded task id (no printf of user text).
 Newlines and other control characters never get here: ``validate_request`` refuses them.
@@ -26,10 +28,9 @@ import sys
 
 from orchestrator.executors.base import JobRequest, SubmissionError, _no_control_chars, time_to_minutes
 
-SINGLE_LOG = "%j_%t_log.out"        # srun: one file per node (task = node rank)
-SINGLE_BATCH_LOG = "%j_0_log.out"   # the batch step shares node 0's file
-ARRAY_LOG = "%A_%a_%t_log.out"
-ARRAY_BATCH_LOG = "%A_%a_0_log.out"
+# (batch log pattern for SLURM, the job id in bash): node 0's log is also the batch step's
+SINGLE_JOB = ("%j", "${SLURM_JOB_ID}")
+ARRAY_JOB = ("%A_%a", "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}")
 SBATCH_SAFE_RE = re.compile(r"[A-Za-z0-9/._,:=@+%\[\]-]")   # % means nothing to the #SBATCH line parser
 FORMAT_TOKEN_RE = re.compile(r"%(%|0(\d+)d)?")
 
@@ -66,22 +67,33 @@ def sbatch_options(req: JobRequest) -> list[tuple[str, str | None]]:
     return options
 
 
-def _header(req: JobRequest, options: list[tuple[str, str | None]], batch_log: str) -> list[str]:
-    options = options + [("chdir", req.log_dir), ("output", batch_log)]
+def batch_output(log_dir: str, pattern: str) -> str:
+    """The ``--output`` of the batch step: only the pattern is for SLURM to expand, never the log dir."""
+    if "\\" in log_dir:
+        return "/dev/null"   # SLURM cannot name such a path; bash writes the script's output (see _body)
+    return f"{log_dir.replace('%', '%%')}/{pattern}_0_log.out"
+
+
+def _header(req: JobRequest, options: list[tuple[str, str | None]], job: tuple[str, str]) -> list[str]:
+    options = options + [("chdir", req.log_dir), ("output", batch_output(req.log_dir, job[0]))]
     lines = ["#!/bin/bash", f"# orch run {req.run_name}: runs in its log dir (--chdir), one log per node", ""]
     for key, value in options:
         lines.append(f"#SBATCH --{key}" if value is None else f"#SBATCH --{key}={sbatch_escape(value)}")
     return lines
 
 
-def _launch(python: str, run_dir_word: str, node_log: str) -> str:
-    return (f"srun --unbuffered --output {node_log} {shlex.quote(python)} -u -m jobs.launch {run_dir_word}")
+def _body(job_id: str, python: str, run_dir_word: str) -> list[str]:
+    """Node 0's log takes the script's output; srun starts one launcher per node, each into its own log."""
+    node_log = shlex.quote(f'exec "$@" >>"{job_id}_${{SLURM_PROCID}}_log.out" 2>&1')
+    return [f'exec >>"{job_id}_0_log.out" 2>&1',
+            f"srun --unbuffered /bin/bash -c {node_log} orch-node {shlex.quote(python)} -u -m jobs.launch "
+            f"{run_dir_word}"]
 
 
 def render_job(req: JobRequest, python: str = sys.executable) -> str:
     """The sbatch script of one job: one srun task per node, each running ``jobs.launch RUN_DIR``."""
-    lines = _header(req, sbatch_options(req), SINGLE_BATCH_LOG)
-    lines += ["", _launch(python, shlex.quote(req.run_dir), SINGLE_LOG), ""]
+    lines = _header(req, sbatch_options(req), SINGLE_JOB)
+    lines += ["", *_body(SINGLE_JOB[1], python, shlex.quote(req.run_dir)), ""]
     return "\n".join(lines)
 
 
@@ -91,10 +103,10 @@ def render_array(req: JobRequest, task_ids: list[int], run_dir_format: str, pyth
     options = sbatch_options(req) + [("array", format_array(task_ids, req.max_parallel))]
     if req.extra.get("hold"):
         options.append(("hold", None))
-    lines = _header(req, options, ARRAY_BATCH_LOG)
+    lines = _header(req, options, ARRAY_JOB)
     run_dir = f"{shlex.quote(prefix)}\"$TASK\"{shlex.quote(suffix) if suffix else ''}"
     lines += ["", f"printf -v TASK '%0{width}d' \"$SLURM_ARRAY_TASK_ID\"", f"RUN_DIR={run_dir}",
-              _launch(python, '"$RUN_DIR"', ARRAY_LOG), ""]
+              *_body(ARRAY_JOB[1], python, '"$RUN_DIR"'), ""]
     return "\n".join(lines)
 
 

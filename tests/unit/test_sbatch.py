@@ -99,57 +99,74 @@ def sbatch_options_of(script):
     return options
 
 
+NO_BACKSLASH = NASTY.replace("\\", "")
+
+
 def test_sbatch_reads_every_value_back_byte_exact():
-    req = request()
+    req = request(run_dir=f"{NO_BACKSLASH}/exp1")
     options = sbatch_options_of(sbatch.render_job(req, python=PYTHON))
     assert options["chdir"] == req.log_dir
-    assert options["output"] == "%j_0_log.out"   # a constant pattern: no user text for SLURM to expand
+    # SLURM expands the whole batch log path: the log dir's own % doubled, only %j left to expand
+    assert options["output"] == req.log_dir.replace("%", "%%") + "/%j_0_log.out"
     assert options["job-name"] == "exp1" and options["exclude"] == "node[01-02]" and options["time"] == "1440"
     assert options["signal"] == "USR2@120" and options["requeue"] == "" and options["wckey"] == "orch"
 
 
+def test_a_log_dir_with_a_backslash_gets_no_slurm_pattern():
+    # a backslash anywhere turns SLURM's patterns off (and is dropped): such a path cannot be named to SLURM
+    options = sbatch_options_of(sbatch.render_job(request(), python=PYTHON))
+    assert options["output"] == "/dev/null" and options["chdir"] == request().log_dir
+
+
 def test_array_options_name_task_logs_by_array_and_task():
-    req = request(run_dir=NASTY, max_parallel=3, array_size=6)
+    req = request(run_dir=NO_BACKSLASH, max_parallel=3, array_size=6)
     options = sbatch_options_of(sbatch.render_array(req, list(range(6)), "/x/p%03d", python=PYTHON))
-    assert options["array"] == "0-5%3" and options["output"] == "%A_%a_0_log.out" and "hold" not in options
-    assert options["chdir"] == f"{NASTY}/logs"
+    assert options["array"] == "0-5%3" and "hold" not in options
+    assert options["output"] == f"{NO_BACKSLASH}/logs".replace("%", "%%") + "/%A_%a_0_log.out"
+    assert options["chdir"] == f"{NO_BACKSLASH}/logs"
 
 
-# ---------------------------------------------------------------- what bash hands to srun
+# ---------------------------------------------------------------- what bash hands to srun, and where logs go
 
 @pytest.fixture
 def fake_srun(tmp_path):
-    """A `srun` on PATH that writes its argv, NUL-separated, to $ARGV_OUT."""
+    """Runs the rendered script with bash in a log dir, with an `srun` on PATH that starts its command
+    once (one node, SLURM_PROCID 0) and a `python` that prints its argv, NUL-separated."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     srun = bin_dir / "srun"
-    srun.write_text('#!/bin/bash\nprintf "%s\\0" "$@" > "$ARGV_OUT"\n')
+    srun.write_text('#!/bin/bash\n[ "$1" = --unbuffered ] || exit 9\nshift\nSLURM_PROCID=0 exec "$@"\n')
     srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
+    python = bin_dir / "py thon"
+    python.write_text('#!/bin/bash\nprintf "%s\\0" "$@"\n')
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
 
-    def run(script, **env):
+    def run(render, **env):
         path = tmp_path / "job.sh"
-        path.write_text(script)
-        out = tmp_path / "argv"
-        environ = {"PATH": f"{bin_dir}:/usr/bin:/bin", "ARGV_OUT": str(out), "HOME": "/nonexistent", **env}
-        subprocess.run(["bash", str(path)], check=True, env=environ, cwd=tmp_path)
-        return out.read_bytes().split(b"\0")[:-1]
+        path.write_text(render(str(python)))
+        environ = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": "/nonexistent", **env}
+        subprocess.run(["bash", str(path)], check=True, env=environ, cwd=log_dir)   # --chdir
+        logs = {name: (log_dir / name).read_bytes() for name in os.listdir(log_dir)}
+        return {name: text.split(b"\0")[:-1] for name, text in logs.items()}
     return run
 
 
 def test_single_job_run_dir_reaches_the_launcher_byte_exact(fake_srun):
     req = request()
-    argv = fake_srun(sbatch.render_job(req, python=PYTHON))
-    assert argv == [b"--unbuffered", b"--output", b"%j_%t_log.out", PYTHON.encode(), b"-u", b"-m",
-                    b"jobs.launch", req.run_dir.encode()]
+    logs = fake_srun(lambda python: sbatch.render_job(req, python=python), SLURM_JOB_ID="77")
+    assert logs == {"77_0_log.out": [b"-u", b"-m", b"jobs.launch", req.run_dir.encode()]}
 
 
 @pytest.mark.parametrize("task,expected", [(0, "p000"), (5, "p005"), (1234, "p1234")])
 def test_array_task_run_dir_reaches_the_launcher_byte_exact(fake_srun, task, expected):
     req = request(run_dir=NASTY, array_size=2000)
     fmt = NASTY.replace("%", "%%") + "/p%03d"
-    argv = fake_srun(sbatch.render_array(req, [0, 5, 1234], fmt, python=PYTHON), SLURM_ARRAY_TASK_ID=str(task))
-    assert argv[2] == b"%A_%a_%t_log.out"
-    assert argv[-1] == f"{NASTY}/{expected}".encode() == (fmt % task).encode()
+    logs = fake_srun(lambda python: sbatch.render_array(req, [0, 5, 1234], fmt, python=python),
+                     SLURM_JOB_ID="99", SLURM_ARRAY_JOB_ID="77", SLURM_ARRAY_TASK_ID=str(task))
+    assert logs == {f"77_{task}_0_log.out": [b"-u", b"-m", b"jobs.launch", f"{NASTY}/{expected}".encode()]}
+    assert f"{NASTY}/{expected}" == fmt % task
 
 
 @pytest.mark.parametrize("fmt,parts", [

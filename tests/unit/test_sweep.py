@@ -190,7 +190,7 @@ def test_dry_run_lists_every_point_with_its_own_plan_and_one_array_script(tiny_d
         ["p004", "0.04", "2", "0.02", "4", "2", "4"], ["p005", "0.04", "4", "0.04", "8", "1", "2"]]
     for line in ("#SBATCH --array=0-5%2", "#SBATCH --job-name=lrs", "#SBATCH --gpus-per-node=2",
                  "#SBATCH --requeue", "#SBATCH --signal=USR2@120", f"#SBATCH --chdir={tmp_path}/runs/lrs/logs",
-                 "#SBATCH --output=%A_%a_0_log.out", f'RUN_DIR={tmp_path}/runs/lrs/p"$TASK"',
+                 f"#SBATCH --output={tmp_path}/runs/lrs/logs/%A_%a_0_log.out", f'RUN_DIR={tmp_path}/runs/lrs/p"$TASK"',
                  f'{sys.executable} -u -m jobs.launch "$RUN_DIR"'):
         assert line in out, line
     assert out.count("#SBATCH --array") == 1
