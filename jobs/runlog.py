@@ -111,6 +111,25 @@ class RunLog:
             self._writer.close()
 
 
+def record_failure(run_dir: str, max_iters: int, message: str) -> None:
+    """The job's final word when it failed before its RunLog existed (rank 0; never raises).
+
+    status.json has one owner, this module: the failure keeps what an earlier attempt reported
+    (its iteration, metrics) and adds state FAILED and the error.
+    """
+    url = storage.join(run_dir, runs.STATUS_FILE)
+    try:
+        try:
+            status = runs.read_json(url, default={})
+        except ValueError:
+            status = {}
+        status = status if isinstance(status, dict) else {}
+        status.update(state="FAILED", error=message, max_iters=max_iters, updated_at=runs.now_iso())
+        storage.write_text(url, json.dumps(status, indent=2, default=str) + "\n")
+    except (storage.StorageError, OSError) as exc:
+        log.error("could not record the failure in %s: %s", run_dir, exc)
+
+
 class Progress:
     """Step timing for the log line: moving averages of step and data time, ETA, img/s."""
 
