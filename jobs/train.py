@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         _mark_failed(trainer, doc, info, f"{type(exc).__name__}: {exc}")
         return 1
     finally:
+        preemption.ignore_from_now_on()   # the loop is over: nothing acts on a warning any more
         if trainer is not None:
             trainer.close()
         _stop_loader_workers()
