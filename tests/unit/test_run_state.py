@@ -378,3 +378,20 @@ def test_array_forgotten_by_scontrol_comes_from_sacct():
     assert tasks[3]["state"] == "PENDING" and tasks[3]["reason"] == "JobHeldUser"
     no_accounting = runner({"scontrol": FORGOT, "sacct": (1, slurm_text("sacct_no_accounting_stderr.txt"), "")})
     assert slurm_state.array_status("7", no_accounting) is None
+
+
+def test_an_unreachable_controller_is_a_clean_error_for_a_sweep():
+    from orchestrator.errors import OrchError
+    run = runner({"scontrol": (1, "", slurm_text("scontrol_no_config_stderr.txt")),
+                  "sacct": (1, slurm_text("sacct_no_accounting_stderr.txt"), "")})
+    with pytest.raises(OrchError, match="SLURM did not answer .*scontrol ping"):
+        slurm_state.array_status("7", run)
+
+
+def test_a_cancelled_job_shows_no_pending_reason(run_dir, monkeypatch):
+    """SLURM keeps the last Reason (JobHeldUser) on a job cancelled while it waited: not a reason to show."""
+    path, _ = run_dir
+    answer = runner({"scontrol": (0, slurm_text("scontrol_cancelled_while_held.txt"), "")})
+    monkeypatch.setattr(SlurmExecutor, "status", lambda _, job_id: slurm_state.job_status(job_id, answer))
+    status = submission.run_status(path)
+    assert status["state"] == "CANCELLED" and status["pending_reason"] is None
