@@ -311,7 +311,8 @@ def run_node(run_dir: str) -> str:
         cmd = torchrun_command(run_dir, plan["gpus_per_node"], info)
         print(f"[orch launch] node {info['node_rank']}/{info['nodes']} ({socket.gethostname()}) job {info['job_id']} "
               f"restart {info['restarts'] + local_attempts}: {' '.join(cmd)}", flush=True)
-        relay.child = subprocess.Popen(cmd, env=worker_env(plan["gpus_per_node"]))
+        # ORCH_JOB_ID: status.json names the job that wrote it, so `orch status` tells this job's word from an earlier one's
+        relay.child = subprocess.Popen(cmd, env={**worker_env(plan["gpus_per_node"]), "ORCH_JOB_ID": str(info["job_id"])})
         record.update(state="RUNNING", restart=info["restarts"] + local_attempts, exit_code=None)
         next_heartbeat = time.monotonic() + NODE_HEARTBEAT_S
 

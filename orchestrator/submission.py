@@ -134,7 +134,7 @@ def run_status(run_dir: str, scheduler: dict[str, Any] | None = None) -> dict[st
         scheduler = {"state": "UNKNOWN", "restarts": 0}
         if last:
             scheduler = get_executor(last["executor"]).status(last["job_id"])
-    state = combine_states(scheduler["state"], job.get("state"), bool(last and last.get("cancelled_at")))
+    state = combine_states(scheduler["state"], job_word(job, last), bool(last and last.get("cancelled_at")))
     waiting = state in ACTIVE_STATES and state != "RUNNING"
     nodes_seen = node_status(run_dir, last["job_id"] if last else None)
     return {
@@ -198,6 +198,19 @@ def read_job_status(run_dir: str) -> dict[str, Any]:
         raise OrchError(f"{url} is damaged: expected a JSON object, found {type(job).__name__}. The training job "
                         "rewrites it as it runs; delete it to see the scheduler's view of the run")
     return job or {}
+
+
+def job_word(job: dict[str, Any], last: dict[str, Any] | None) -> str | None:
+    """status.json's state if the current attempt's job wrote it; None if an earlier attempt's job did.
+
+    A COMPLETED run is never resumed, so its COMPLETED always stands. Files written before jobs
+    named themselves (no ``job_id``) are taken at their word.
+    """
+    word = job.get("state")
+    written_by = job.get("job_id")
+    if word != "COMPLETED" and last and written_by and str(written_by) != str(last["job_id"]):
+        return None
+    return word
 
 
 def combine_states(scheduler_state: str, job_state: str | None, cancelled: bool) -> str:

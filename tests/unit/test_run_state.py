@@ -395,3 +395,18 @@ def test_a_cancelled_job_shows_no_pending_reason(run_dir, monkeypatch):
     monkeypatch.setattr(SlurmExecutor, "status", lambda _, job_id: slurm_state.job_status(job_id, answer))
     status = submission.run_status(path)
     assert status["state"] == "CANCELLED" and status["pending_reason"] is None
+
+
+@pytest.mark.parametrize("written_by,word,expected", [
+    ("100", "FAILED", "FAILED"),       # the lost job's own word stands
+    ("99", "FAILED", "LOST"),          # an earlier attempt's word: this job said nothing
+    ("99", "RUNNING", "LOST"),
+    ("99", "PREEMPTED", "LOST"),
+    ("99", "COMPLETED", "COMPLETED"),  # a completed run is never resumed: always true
+    (None, "FAILED", "FAILED"),        # written before jobs named themselves
+])
+def test_only_the_current_jobs_word_counts(run_dir, written_by, word, expected):
+    path, fake = run_dir
+    fake.states["100"] = {"state": "UNKNOWN", "restarts": 0}
+    write_job_status(path, state=word, iteration=3, job_id=written_by)
+    assert submission.run_status(path)["state"] == expected
