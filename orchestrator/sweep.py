@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from orchestrator import config as config_mod
-from orchestrator import planner, runs, storage, submission
+from orchestrator import planner, records, runs, storage, submission
 from orchestrator.errors import OrchError
 from orchestrator.executors import JobRequest, Submitted, get_executor
 from orchestrator.executors.base import ACTIVE_STATES
@@ -315,12 +315,10 @@ def sweep_document(prepared: PreparedSweep, config_file: str | None) -> dict[str
 
 def _write_attempt(run_dir: str, run_name: str, job_id: str, submitted: Submitted, kind: str) -> None:
     """Append attempt ``job_id`` (``<array>_<i>``) to the point's submissions.json, as `orch submit` does."""
-    url = storage.join(run_dir, runs.SUBMISSIONS_FILE)
-    fresh = kind == "sweep"  # the run dir was just made: nothing to read
-    record = (None if fresh else runs.read_json(url, default=None)) or \
-        {"run_name": run_name, "run_dir": run_dir, "attempts": []}
-    submission._append_attempt(record, job_id, submitted.executor, submitted.log_dir, kind)
-    runs.write_json(url, record)
+    if kind == "sweep":  # the run dir was just made: nothing to read
+        records.start(run_dir, run_name, job_id, submitted.executor, submitted.log_dir, kind)
+    else:
+        records.append_attempt(run_dir, run_name, job_id, submitted.executor, submitted.log_dir, kind)
 
 
 def _record_array(sweep_dir: str, doc: dict[str, Any], submitted: Submitted, task_ids: list[int], kind: str,
@@ -405,9 +403,7 @@ def read_sweep(sweep_dir: str) -> dict[str, Any]:
 
 
 def _last_attempt(run_dir: str) -> dict[str, Any] | None:
-    record = runs.read_json(storage.join(run_dir, runs.SUBMISSIONS_FILE), default=None) or {}
-    attempts = record.get("attempts") or []
-    return attempts[-1] if attempts else None
+    return records.last_attempt(run_dir)
 
 
 def _array_task(attempt: dict[str, Any] | None) -> tuple[str, int] | None:
@@ -460,11 +456,11 @@ def resume_sweep(sweep_dir: str, max_parallel: int | None = None) -> dict[str, A
         doc = read_sweep(sweep_dir)
         status = sweep_status(sweep_dir)
         todo = sorted(r["index"] for r in status["points"]
-                      if r["state"] != "COMPLETED" and r["state"] not in ACTIVE_STATES)
+                      if r["state"] not in ("COMPLETED", "UNKNOWN") and r["state"] not in ACTIVE_STATES)
         if not todo:
             counts = ", ".join(f"{n} {state}" for state, n in sorted(status["counts"].items()))
             raise SweepError(f"nothing to resume in sweep {doc['name']} ({counts}): every point is completed, "
-                             "queued or running")
+                             "queued, running or UNKNOWN (the scheduler did not answer: try again)")
         first_dir = storage.join(sweep_dir, doc["points"][todo[0]]["name"])
         first = runs.read_plan(first_dir)
         max_parallel = max_parallel if max_parallel is not None else doc.get("max_parallel")

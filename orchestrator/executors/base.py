@@ -9,8 +9,10 @@ from typing import Any
 from orchestrator.errors import OrchError
 
 # SLURM's state names; local runs report the same vocabulary.
+# LOST: the scheduler no longer knows the job and the job left no final word (resumable);
+# UNKNOWN: the scheduler did not answer, so nothing can be said (neither resumed nor cancelled).
 STATES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "REQUEUED",
-          "UNKNOWN")
+          "LOST", "UNKNOWN")
 ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
                  "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT")
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -121,7 +123,9 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def status(self, job_id: str) -> dict[str, Any]:
-        """{"state": SLURM state name, "restarts": int, "nodes": [...]}; state UNKNOWN when forgotten."""
+        """{"state": SLURM state name, "restarts": int, "nodes": [hostnames]} and, while it waits,
+        "reason"/"explanation"; state UNKNOWN when the scheduler does not know the job, UNREACHABLE
+        (with "detail") when it did not answer."""
 
     @abc.abstractmethod
     def cancel(self, job_id: str) -> None:

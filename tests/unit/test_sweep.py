@@ -156,8 +156,8 @@ def test_parse_array_records_one_line_per_task_and_pending_ranges():
            "JobId=4 ArrayJobId=3 ArrayTaskId=0 JobState=COMPLETED Reason=None Restarts=0 NodeList=localhost\n")
     tasks = parse_array_records(out)
     assert sorted(tasks) == [0, 1, 2, 3, 5]
-    assert tasks[0]["state"] == "COMPLETED" and tasks[2] == {"state": "RUNNING", "restarts": 0, "nodes": "localhost"}
-    assert tasks[1]["restarts"] == 1 and tasks[1]["nodes"] is None
+    assert tasks[0]["state"] == "COMPLETED" and tasks[2] == {"state": "RUNNING", "restarts": 0, "nodes": ["localhost"]}
+    assert tasks[1]["restarts"] == 1 and tasks[1]["nodes"] == [] and tasks[1]["reason"] == "BeginTime"
     assert tasks[3]["state"] == tasks[5]["state"] == "PENDING"
 
 
