@@ -396,9 +396,17 @@ def find_sweep(ref: str, work_dir: str | None = None) -> str:
 
 
 def read_sweep(sweep_dir: str) -> dict[str, Any]:
-    doc = runs.read_json(storage.join(sweep_dir, SWEEP_FILE))
+    url = storage.join(sweep_dir, SWEEP_FILE)
+    try:
+        doc = runs.read_json(url)
+    except ValueError as exc:   # truncated or hand-edited: name the file, never a traceback
+        raise SweepError(f"{url} is damaged: not valid JSON ({exc}). `orch sweep` wrote it; restore it from a copy "
+                         "(each point's run dir still works with `orch status`/`orch resume`)") from None
     if doc is None:
         raise SweepError(f"no {SWEEP_FILE} in {sweep_dir}: is this a sweep dir made by `orch sweep`?")
+    if not isinstance(doc, dict) or not isinstance(doc.get("points"), list):
+        raise SweepError(f"{url} is damaged: expected a JSON object with a 'points' list. `orch sweep` wrote it; "
+                         "restore it from a copy")
     return doc
 
 

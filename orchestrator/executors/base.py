@@ -80,12 +80,29 @@ def validate_request(req: JobRequest) -> None:
         _no_control_chars(label, str(value))
         if not pattern.match(str(value)):
             raise SubmissionError(f"{label} {value!r} is not valid: expected {expected}")
+    if req.time is not None:
+        _check_time_fields(str(req.time))
     for label, value in (("run dir", req.run_dir), ("log dir", req.log_dir)):
         _no_control_chars(label, value)
     for label, value in (("nodes", req.nodes), ("GPUs per node", req.gpus_per_node),
                          ("--cpus-per-gpu", req.cpus_per_gpu)):
         if not isinstance(value, int) or value < 1:
             raise SubmissionError(f"{label} must be a whole number >= 1, got {value!r}")
+
+
+def _check_time_fields(text: str) -> None:
+    """Minutes and seconds below 60 (and hours below 24 after a day count): SLURM would not read 1:99:00 as meant."""
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:
+        names, limits = ("hours", "minutes", "seconds"), (24, 60, 60)
+    else:
+        names, limits = {1: (("minutes",), (None,)), 2: (("minutes", "seconds"), (None, 60)),
+                         3: (("hours", "minutes", "seconds"), (None, 60, 60))}[len(parts)]
+    for name, value, limit in zip(names, parts, limits):
+        if limit is not None and value >= limit:
+            raise SubmissionError(f"--time {text!r} has {value} {name}; {name} go up to {limit - 1} there "
+                                  "(D-HH:MM:SS, HH:MM:SS, MM:SS or minutes, e.g. 2:39:00 or 159 for 159 minutes)")
 
 
 def time_to_minutes(text: str) -> int:

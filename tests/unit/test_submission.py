@@ -130,3 +130,17 @@ def test_broken_dataset_fails_before_submission(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "would break training" in err
     assert not os.path.exists(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("text,refused", [
+    ("1:99:00", "99 minutes"), ("0:30:61", "61 seconds"), ("1-24:00", "24 hours"), ("2-23:59:60", "60 seconds"),
+    ("24:00:00", None), ("1-23:59:59", None), ("60:00", None), ("90", None), ("1-12", None), ("59:59", None)])
+def test_time_fields_out_of_range_are_refused(text, refused):
+    from orchestrator.executors.base import JobRequest, SubmissionError
+
+    make = lambda: JobRequest(run_name="r", run_dir="/r", log_dir="/l", nodes=1, gpus_per_node=1, time=text)
+    if refused is None:
+        assert make().time == text
+    else:
+        with pytest.raises(SubmissionError, match=refused):
+            make()
