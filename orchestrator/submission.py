@@ -1,6 +1,6 @@
 """Submit, resume, cancel and inspect runs: the flows behind `orch submit/status/logs/cancel/resume`.
 
-submit: config → plan → (cheap data check) → run dir → executor.submit → submissions.json.
+submit: config → plan → input and partition checks → run dir → executor.submit → submissions.json.
 Everything that can be wrong is checked before anything is submitted or written.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from orchestrator import planner, runs, storage
+from orchestrator import input_checks, planner, runs, slurm_limits, storage
 from orchestrator.errors import OrchError
 from orchestrator.executors import JobRequest, get_executor
 from orchestrator.executors.base import ACTIVE_STATES
@@ -46,23 +46,6 @@ def job_request(doc: dict[str, Any], log_dir: str, **extra: Any) -> JobRequest:
         max_requeues=res["max_requeues"], **extra)
 
 
-def cheap_data_check(config: dict[str, Any]) -> None:
-    """JSON-level dataset checks (no image reads) so a broken dataset fails in seconds, not on the cluster."""
-    try:
-        from orchestrator.datatools import check_dataset
-    except ImportError:
-        return
-    for split in ("train", "val"):
-        entry = config["data"][split]
-        if not entry.get("ann_file"):
-            continue
-        report = check_dataset(entry["ann_file"], entry.get("img_dir") or "", read_images=False)
-        if not report.ok:
-            problems = "; ".join(f"{f.count} × {f.description}" for f in report.errors)
-            raise OrchError(f"data.{split}.ann_file {entry['ann_file']} would break training: {problems}. Run `orch data check {entry['ann_file']} "
-                            f"--images {entry.get('img_dir')}` for details, or `--fix OUT.json` for a cleaned copy.")
-
-
 @dataclass
 class Prepared:
     doc: dict[str, Any]
@@ -78,12 +61,14 @@ def prepare(config: dict[str, Any], run_name: str) -> Prepared:
     run_dir = storage.join(config["work_dir"], runs.check_run_name(run_name))
     doc = runs.plan_document(run_name, run_dir, plan, config)
     request = job_request(doc, log_dir_for(run_dir, run_name))  # validates every sbatch-bound value
+    input_checks.check_inputs(config)
+    if config["resources"]["executor"] == "slurm":   # slurm only (SlurmExecutor.check on merge)
+        slurm_limits.check_request(request)
     return Prepared(doc, plan, request)
 
 
 def submit(config: dict[str, Any], run_name: str, executor_name: str) -> dict[str, Any]:
     prepared = prepare(config, run_name)
-    cheap_data_check(config)
     executor = get_executor(executor_name)
     doc = runs.create_run_dir(config["work_dir"], run_name, prepared.plan, config)
     try:

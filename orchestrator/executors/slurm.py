@@ -95,8 +95,9 @@ class SlurmExecutor(Executor):
             raise SubmissionError(f"scancel {job_id} failed: {result.stderr.strip()}")
 
     # ---------------------------------------------------------------- job arrays (sweeps)
-    def array_script(self, req: JobRequest, task_ids: list[int], run_dir_format: str) -> str:
-        """One sbatch script for the whole array: task i runs jobs.launch on ``run_dir_format % i``.
+    def array_script(self, req: JobRequest, task_ids: list[int], run_dir_format: str,
+                     task_offset: int = 0) -> str:
+        """One sbatch script for the whole array: task i runs jobs.launch on ``run_dir_format % (task_offset + i)``.
 
         Logs are submitit's array names (``%A_%a_<node>_log.out``), so `orch logs` finds a task's
         files by its job id ``<array>_<task>``.
@@ -110,13 +111,15 @@ class SlurmExecutor(Executor):
         if req.extra.get("hold"):
             extra["hold"] = True
         _no_control_chars("run dir format", run_dir_format)
-        setup = [f'RUN_DIR="$(printf {shlex.quote(run_dir_format)} "$SLURM_ARRAY_TASK_ID")"']
+        point = f'$((SLURM_ARRAY_TASK_ID + {int(task_offset)}))' if task_offset else "$SLURM_ARRAY_TASK_ID"
+        setup = [f'RUN_DIR="$(printf {shlex.quote(run_dir_format)} "{point}")"']
         command = f'{shlex.quote(sys.executable)} -u -m jobs.launch "$RUN_DIR"'
         return _make_sbatch_string(command=command, folder=req.log_dir, map_count=len(task_ids), setup=setup,
                                    additional_parameters=extra, **params)
 
-    def submit_array(self, req: JobRequest, task_ids: list[int], run_dir_format: str) -> Submitted:
-        text = self.array_script(req, task_ids, run_dir_format)
+    def submit_array(self, req: JobRequest, task_ids: list[int], run_dir_format: str,
+                     task_offset: int = 0) -> Submitted:
+        text = self.array_script(req, task_ids, run_dir_format, task_offset)
         os.makedirs(req.log_dir, exist_ok=True)
         path = os.path.join(req.log_dir, f"array_{os.getpid()}_submission.sh")
         with open(path, "w", encoding="utf-8") as f:

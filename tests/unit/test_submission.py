@@ -15,6 +15,12 @@ GOLDEN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "golden", "dry
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.fixture(autouse=True)
+def _no_cluster_limits(monkeypatch):
+    """The dry-runs here render for a cluster that is not this machine's (the test cluster may be up)."""
+    monkeypatch.setenv("ORCH_SKIP_SLURM_CHECK", "1")
+
+
 def request(**kw):
     base = dict(run_name="exp1", run_dir="/runs/exp1", log_dir="/runs/exp1/logs", nodes=2, gpus_per_node=8)
     base.update(kw)
@@ -84,7 +90,8 @@ def dry_run(tiny_data, capsys, *extra):
             "--name", "golden", "--gpus", "16", "--gpus-per-node", "8", "--partition", "dev", "--time", "1-00:00:00",
             "--account", "vision", "--qos", "high", "--mem-per-gpu", "32G", "--exclude", "node[01-02]",
             "work_dir=/shared/runs", f"data.train.ann_file={tiny_data}/train.json",
-            f"data.val.ann_file={tiny_data}/val.json", "data.batch_per_gpu=4", *extra]
+            f"data.train.img_dir={tiny_data}/train", f"data.val.ann_file={tiny_data}/val.json",
+            f"data.val.img_dir={tiny_data}/val", "data.batch_per_gpu=4", *extra]
     code = cli.main(args)
     out = capsys.readouterr().out
     return code, out.replace(sys.executable, "<python>").replace(tiny_data, "<data>")

@@ -21,6 +21,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIG = os.path.join(ROOT, "configs", "demo.yml")
 
 
+@pytest.fixture(autouse=True)
+def _no_cluster_limits(monkeypatch):
+    """Sweeps here are planned for a cluster that is not this machine's (the test cluster may be up)."""
+    monkeypatch.setenv("ORCH_SKIP_SLURM_CHECK", "1")
+
+
 # ---------------------------------------------------------------- specs
 
 @pytest.mark.parametrize("text,key,kind,args", [
@@ -172,8 +178,8 @@ def tiny_data(tmp_path):
 
 def sweep_args(tiny_data, work_dir, *extra):
     return ["sweep", CONFIG, "--executor", "slurm", "--partition", "dev", "--gpus", "2", "--name", "lrs",
-            f"work_dir={work_dir}", f"data.train.ann_file={tiny_data}/train.json",
-            f"data.val.ann_file={tiny_data}/val.json", "schedule.epochs=2", *extra]
+            f"work_dir={work_dir}", f"data.train.ann_file={tiny_data}/train.json", f"data.train.img_dir={tiny_data}/train",
+            f"data.val.ann_file={tiny_data}/val.json", f"data.val.img_dir={tiny_data}/val", "schedule.epochs=2", *extra]
 
 
 def test_dry_run_lists_every_point_with_its_own_plan_and_one_array_script(tiny_data, tmp_path, capsys):
@@ -240,12 +246,12 @@ class FakeSlurm:
         self.cancelled: list[str] = []
         monkeypatch.setattr(SlurmExecutor, "release", lambda _, job_id: self.released.append(job_id))
         monkeypatch.setattr(SlurmExecutor, "cancel", lambda _, job_id: self.cancelled.append(job_id))
-        monkeypatch.setattr(SlurmExecutor, "submit_array", lambda executor, *args: self._submit(executor, *args))
+        monkeypatch.setattr(SlurmExecutor, "submit_array", lambda executor, *a, **kw: self._submit(executor, *a, **kw))
         monkeypatch.setattr(SlurmExecutor, "array_status", lambda _, array_id: self.tasks.get(array_id))
         monkeypatch.setattr(SlurmExecutor, "status", lambda _, job_id: {"state": "UNKNOWN", "restarts": 0})
 
-    def _submit(self, executor, req, task_ids, run_dir_format):
-        script = executor.array_script(req, task_ids, run_dir_format)
+    def _submit(self, executor, req, task_ids, run_dir_format, task_offset=0):
+        script = executor.array_script(req, task_ids, run_dir_format, task_offset)
         array_id = str(100 + len(self.arrays))
         self.arrays.append((array_id, list(task_ids), run_dir_format, script))
         return Submitted(job_id=array_id, executor="slurm", log_dir=req.log_dir)
