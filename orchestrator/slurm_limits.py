@@ -245,7 +245,8 @@ def _scontrol(*args: str) -> str | None:
         _note("SLURM limits not checked: no `scontrol` on this machine (checked again at submission on the cluster)")
         return None
     try:
-        result = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+        # --all: hidden partitions (and their nodes) exist too; sbatch may run there
+        result = subprocess.run(["scontrol", "--all", *args], capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
         _note(f"SLURM limits not checked: `scontrol {' '.join(args)}` failed ({exc})")
         return None

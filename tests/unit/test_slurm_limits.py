@@ -180,7 +180,7 @@ def test_check_request_queries_scontrol(tmp_path, monkeypatch):
     (tmp_path / "partition.txt").write_text(LOCAL_PARTITIONS)
     (tmp_path / "node.txt").write_text(LOCAL_NODES)
     (tmp_path / "config.txt").write_text("MaxArraySize = 5\nMaxJobCount = 30\n")
-    fake_scontrol(tmp_path, monkeypatch, f'cat "{tmp_path}/$2.txt"\n')
+    fake_scontrol(tmp_path, monkeypatch, f'[ "$1" = --all ] && cat "{tmp_path}/$3.txt"\n')
     check_request(request())
     with pytest.raises(SubmissionError, match="partition debug's MaxTime"):
         check_request(request(partition="debug", time="01:00:00"))
