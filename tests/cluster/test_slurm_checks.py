@@ -69,7 +69,8 @@ def test_orch_reads_the_clusters_limits(slurm_cluster, tmp_path):
       "--time", "01:00:00"], "--time 01:00:00 is over partition debug's MaxTime 00:30:00: use --time 00:30:00"),
     (["--gpus", "8", "--gpus-per-node", "8", "--cpus-per-gpu", "1"],
      "8 GPUs per node is more than partition dev's nodes have (4, gres gpu): use --gpus-per-node 4 or fewer"),
-    (["--gpus", "1", "--cpus-per-gpu", "1", "--partition", "devv"], "partition 'devv' does not exist (did you mean dev?"),
+    (["--gpus", "1", "--cpus-per-gpu", "1", "--partition", "devv"],
+     "partition 'devv' does not exist (did you mean dev?"),
 ])
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_a_request_no_partition_can_run_is_refused_before_sbatch(slurm_cluster, data_root, tmp_path, capsys,

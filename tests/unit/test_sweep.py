@@ -178,8 +178,9 @@ def tiny_data(tmp_path):
 
 def sweep_args(tiny_data, work_dir, *extra):
     return ["sweep", CONFIG, "--executor", "slurm", "--partition", "dev", "--gpus", "2", "--name", "lrs",
-            f"work_dir={work_dir}", f"data.train.ann_file={tiny_data}/train.json", f"data.train.img_dir={tiny_data}/train",
-            f"data.val.ann_file={tiny_data}/val.json", f"data.val.img_dir={tiny_data}/val", "schedule.epochs=2", *extra]
+            f"work_dir={work_dir}", f"data.train.ann_file={tiny_data}/train.json",
+            f"data.train.img_dir={tiny_data}/train", f"data.val.ann_file={tiny_data}/val.json",
+            f"data.val.img_dir={tiny_data}/val", "schedule.epochs=2", *extra]
 
 
 def test_dry_run_lists_every_point_with_its_own_plan_and_one_array_script(tiny_data, tmp_path, capsys):
