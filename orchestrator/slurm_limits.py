@@ -210,6 +210,8 @@ def check_request(req: JobRequest, partitions: list[Partition] | None = None) ->
         if problem is None:
             return
         problems.append(problem)
+    if not any(name in by_name for name in names):
+        raise SubmissionError(f"invalid partition: {'; '.join(problems)}.")   # sbatch would refuse it too
     raise SubmissionError(f"SLURM would queue this job and never start it: {'; '.join(problems)}.")
 
 

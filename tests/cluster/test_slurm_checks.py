@@ -82,7 +82,8 @@ def test_a_request_no_partition_can_run_is_refused_before_sbatch(slurm_cluster, 
     code = cli.main(args)
     out, err = capsys.readouterr()
     assert code == 2, out + err
-    assert "SLURM would queue this job and never start it: " in err and fragment in err
+    assert fragment in err and ("SLURM would queue this job and never start it: " in err
+                                or err.startswith("orch: error: invalid partition: "))
     assert "Traceback" not in err and "sbatch" not in err
     assert not os.path.exists(tmp_path / "runs") and queued_jobs(name) == []
 

@@ -135,8 +135,6 @@ def test_requests_that_can_run_pass(cluster, kw):
      "the job needs 2 nodes with 4 GPUs and 4 CPUs each, partition dev has 1: use --gpus 4 or fewer"),
     (LOCAL, dict(partition="debug", time="02:00:00"),
      "--time 02:00:00 is over partition debug's MaxTime 00:30:00: use --time 00:30:00 or less"),
-    (LOCAL, dict(partition="gpus"), "partition 'gpus' does not exist (partitions: dev (default), debug)"),
-    (LOCAL, dict(partition="deb"), "did you mean debug?"),
     (GPU, dict(nodes=6, gpus_per_node=8),
      "the job needs 6 nodes (8 GPUs each), partition gpu allows at most 4 per job (MaxNodes): use --gpus 32 or fewer"),
     (GPU, dict(time="3-00:00:00"), "over partition gpu's MaxTime 2-00:00:00: use --time 2-00:00:00 or less"),
@@ -155,6 +153,19 @@ def test_requests_that_would_pend_forever_are_refused(cluster, kw, fragment):
     message = str(info.value)
     assert message.startswith("SLURM would queue this job and never start it: ")
     assert fragment in message
+
+
+@pytest.mark.parametrize("partition,fragment", [
+    ("gpus", "invalid partition: partition 'gpus' does not exist (partitions: dev (default), debug); "
+             "fix --partition / resources.partition."),
+    ("deb", "partition 'deb' does not exist (did you mean debug? partitions: dev (default), debug)"),
+    ("deb,gpus", "partition 'deb' does not exist (did you mean debug? partitions: dev (default), debug); "
+                 "fix --partition / resources.partition; partition 'gpus' does not exist"),
+])
+def test_a_partition_that_does_not_exist_is_refused(partition, fragment):
+    with pytest.raises(SubmissionError) as info:
+        check_request(request(partition=partition), LOCAL)
+    assert str(info.value).startswith("invalid partition: ") and fragment in str(info.value)
 
 
 def test_a_sweep_bigger_than_max_job_count_is_refused():
