@@ -1,6 +1,6 @@
 """Submit, resume, cancel and inspect runs: the flows behind `orch submit/status/logs/cancel/resume`.
 
-submit: config → plan → checks (data, executor) → run dir → executor.submit → submissions.json.
+submit: config → plan → checks (inputs, executor: partition limits) → run dir → executor.submit → submissions.json.
 Everything that can be wrong is checked before anything is submitted or written.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from orchestrator import planner, records, runs, storage
+from orchestrator import input_checks, planner, records, runs, storage
 from orchestrator.errors import OrchError
 from orchestrator.executors import Executor, JobRequest, get_executor
 from orchestrator.executors.base import ACTIVE_STATES
@@ -46,23 +46,6 @@ def job_request(doc: dict[str, Any], log_dir: str, **extra: Any) -> JobRequest:
         max_requeues=res["max_requeues"], **extra)
 
 
-def cheap_data_check(config: dict[str, Any]) -> None:
-    """JSON-level dataset checks (no image reads) so a broken dataset fails in seconds, not on the cluster."""
-    try:
-        from orchestrator.datatools import check_dataset
-    except ImportError:
-        return
-    for split in ("train", "val"):
-        entry = config["data"][split]
-        if not entry.get("ann_file"):
-            continue
-        report = check_dataset(entry["ann_file"], entry.get("img_dir") or "", read_images=False)
-        if not report.ok:
-            problems = "; ".join(f"{f.count} × {f.description}" for f in report.errors)
-            raise OrchError(f"data.{split}.ann_file {entry['ann_file']} would break training: {problems}. Run `orch data check {entry['ann_file']} "
-                            f"--images {entry.get('img_dir')}` for details, or `--fix OUT.json` for a cleaned copy.")
-
-
 @dataclass
 class Prepared:
     doc: dict[str, Any]
@@ -80,9 +63,9 @@ def prepare(config: dict[str, Any], run_name: str, executor_name: str | None = N
     run_dir = storage.join(config["work_dir"], runs.check_run_name(run_name))
     doc = runs.plan_document(run_name, run_dir, plan, config)
     request = job_request(doc, log_dir_for(run_dir, run_name))  # validates every sbatch-bound value
-    cheap_data_check(config)
+    input_checks.check_inputs(config)
     executor = get_executor(executor_name or config["resources"]["executor"])
-    executor.check(request)
+    executor.check(request)   # the local node limit; SLURM: the request against the partition (slurm_limits)
     return Prepared(doc, plan, request, executor)
 
 

@@ -184,12 +184,13 @@ def _render_histogram(rows: list[dict[str, Any]], bar_width: int = 40) -> list[s
 
 
 def check_dataset(ann_url: str, images_url: str | None, *, max_examples: int = 5,
-                  read_images: bool = True) -> CheckReport:
+                  read_images: bool = True, coco: dict[str, Any] | None = None) -> CheckReport:
     """Check a COCO annotation file (and, with ``read_images``, the image headers under ``images_url``).
 
-    Only headers are read (``PIL.Image.open(...).size``), never whole images.
+    Only headers are read (``PIL.Image.open(...).size``), never whole images. ``coco``: the file's
+    content when the caller has already loaded it (read once).
     """
-    coco = load_coco(ann_url)
+    coco = coco if coco is not None else load_coco(ann_url)
     read_images = bool(read_images and images_url)
     report = CheckReport(ann_url, images_url, read_images, max_examples=max_examples)
     for key in ("images", "annotations", "categories"):

@@ -156,12 +156,15 @@ class Executor(abc.ABC):
         """What would be submitted (for --dry-run)."""
         return ""
 
-    # Job arrays (sweeps): task i runs the launcher on the run dir ``run_dir_format % i``.
-    def submit_array(self, req: JobRequest, task_ids: list[int], run_dir_format: str) -> Submitted:
+    # Job arrays (sweeps): task i runs the launcher on the run dir ``run_dir_format % (task_offset + i)``
+    # (task ids stay below SLURM's MaxArraySize; a sweep bigger than that is several arrays with offsets).
+    def submit_array(self, req: JobRequest, task_ids: list[int], run_dir_format: str,
+                     task_offset: int = 0) -> Submitted:
         """Submit one job array over ``task_ids``; Submitted.job_id is the array's id."""
         raise SubmissionError(f"the {self.name} executor cannot run job arrays (sweeps); use --executor slurm")
 
-    def array_script(self, req: JobRequest, task_ids: list[int], run_dir_format: str) -> str:
+    def array_script(self, req: JobRequest, task_ids: list[int], run_dir_format: str,
+                     task_offset: int = 0) -> str:
         raise SubmissionError(f"the {self.name} executor cannot run job arrays (sweeps); use --executor slurm")
 
     def release(self, job_id: str) -> None:

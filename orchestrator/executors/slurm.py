@@ -44,12 +44,14 @@ class SlurmExecutor(Executor):
             raise SubmissionError(f"scancel {job_id} failed: {result.stderr.strip()}")
 
     # ---------------------------------------------------------------- job arrays (sweeps)
-    def array_script(self, req: JobRequest, task_ids: list[int], run_dir_format: str) -> str:
-        """One sbatch script for the whole array: task i runs jobs.launch on ``run_dir_format % i``."""
-        return sbatch.render_array(req, task_ids, run_dir_format)
+    def array_script(self, req: JobRequest, task_ids: list[int], run_dir_format: str,
+                     task_offset: int = 0) -> str:
+        """One sbatch script for the whole array: task i runs jobs.launch on ``run_dir_format % (task_offset + i)``."""
+        return sbatch.render_array(req, task_ids, run_dir_format, task_offset=task_offset)
 
-    def submit_array(self, req: JobRequest, task_ids: list[int], run_dir_format: str) -> Submitted:
-        array_id = _sbatch(self.array_script(req, task_ids, run_dir_format), req.log_dir, "job array")
+    def submit_array(self, req: JobRequest, task_ids: list[int], run_dir_format: str,
+                     task_offset: int = 0) -> Submitted:
+        array_id = _sbatch(self.array_script(req, task_ids, run_dir_format, task_offset), req.log_dir, "job array")
         return Submitted(job_id=array_id, executor=self.name, log_dir=req.log_dir)
 
     def release(self, job_id: str) -> None:

@@ -58,7 +58,8 @@ def run_dir(tiny_data, tmp_path, monkeypatch):
     fake = FakeSlurm(monkeypatch)
     code = cli.main(["submit", os.path.join(ROOT, "configs", "demo.yml"), "--executor", "slurm", "--name", "r1",
                      "--gpus", "2", f"work_dir={tmp_path}/runs", f"data.train.ann_file={tiny_data}/train.json",
-                     f"data.val.ann_file={tiny_data}/val.json", "data.batch_per_gpu=2"])
+                     f"data.train.img_dir={tiny_data}/train", f"data.val.ann_file={tiny_data}/val.json",
+                     f"data.val.img_dir={tiny_data}/val", "data.batch_per_gpu=2"])
     assert code == 0
     return str(tmp_path / "runs" / "r1"), fake
 
