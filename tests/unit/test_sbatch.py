@@ -266,6 +266,7 @@ def submit_args(tiny_data, *extra):
             "--gpus-per-node", "8", "--partition", "dev", "--time", "1-00:00:00", "--account", "vision", "--qos",
             "high", "--mem-per-gpu", "32G", "--exclude", "node[01-02]", "work_dir=/shared/runs",
             f"data.train.ann_file={tiny_data}/train.json", f"data.val.ann_file={tiny_data}/val.json",
+            f"data.train.img_dir={tiny_data}/train", f"data.val.img_dir={tiny_data}/val",
             "data.batch_per_gpu=4", *extra]
 
 

@@ -142,7 +142,7 @@ class RecordingSlurm:
         self.arrays = 0
         monkeypatch.setattr(SlurmExecutor, "submit", lambda _, req: self._submit(req, "7"))
         monkeypatch.setattr(SlurmExecutor, "submit_array",
-                            lambda _, req, task_ids, fmt: self._submit(req, str(100 + self._next_array())))
+                            lambda _, req, task_ids, fmt, task_offset=0: self._submit(req, str(100 + self._next_array())))
         monkeypatch.setattr(SlurmExecutor, "release", lambda _, job_id: None)
         monkeypatch.setattr(SlurmExecutor, "status", lambda _, job_id: {"state": "FAILED", "restarts": 0})
         monkeypatch.setattr(SlurmExecutor, "array_status", lambda _, array_id: {})  # every task gone
@@ -170,6 +170,7 @@ def tiny_data(tmp_path):
 def base_args(tiny_data, work_dir):
     return ["--executor", "slurm", "--partition", "dev", "--gpus", "2", f"work_dir={work_dir}",
             f"data.train.ann_file={tiny_data}/train.json", f"data.val.ann_file={tiny_data}/val.json",
+            f"data.train.img_dir={tiny_data}/train", f"data.val.img_dir={tiny_data}/val",
             "schedule.epochs=2", "storage_options=" + json.dumps(CONFIG_OPTIONS)]
 
 
