@@ -93,7 +93,10 @@ class Trainer:
             report = self.adapter.load_init(self.model, init)
             if self.ema is not None:
                 self.ema.reset(self.model)
-            self.runlog.info(f"fine-tuning from {init}: {report}")
+            skipped = [entry[0] for entry in report["skipped"]] or "none"
+            self.runlog.info(f"fine-tuning from {init} (not a resume): loaded {len(report['loaded'])} tensors; "
+                             f"skipped (shape differs, e.g. class heads) {skipped}; missing (fresh init) "
+                             f"{report['missing'] or 'none'}; unexpected {len(report['unexpected'])}")
             dist_mod.barrier()
 
     def _load_state(self, state: dict[str, Any], url: str) -> None:
