@@ -58,3 +58,20 @@ def test_config_show_of_a_detr_model_imports_no_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "dfine_s" in out.stdout
+
+
+def test_the_rtdetr_v2_r18vd_config_carries_the_published_recipe(capsys):
+    from orchestrator import cli, runs
+
+    data = config.load_config(os.path.join(ROOT, "configs", "rtdetr_v2_r18vd.yml")).data
+    opt, model = data["optimizer"], data["model"]
+    assert (opt["name"], opt["base_lr"], opt["base_batch_size"]) == ("adamw", 0.0001, 16)
+    assert (opt["weight_decay"], opt["norm_weight_decay"], opt["clip_grad_norm"]) == (0.0001, 0, 0.1)
+    assert model["ema"] == {"decay": 0.9999, "warmup_iters": 2000} and model["min_size"] == 640
+    assert data["schedule"]["warmup_iters"] == 2000 and data["data"]["total_batch_size"] == 16
+    # DETRs are not scaled linearly: a total batch of 8 still trains at 1e-4
+    small = config.load_config(os.path.join(ROOT, "configs", "rtdetr_v2_r18vd.yml"), ["data.total_batch_size=8"])
+    plan = runs.build_plan(small.data, gpus=2, train_images=1000)
+    assert plan.lr == pytest.approx(0.0001) and plan.total_batch_size == 8
+    cli.main(["plan", os.path.join(ROOT, "configs", "rtdetr_v2_r18vd.yml"), "--train-images", "1000"])
+    assert "lr scaling                 none" in capsys.readouterr().out
