@@ -395,6 +395,11 @@ def serialize(state: dict[str, Any]) -> bytes:
 
 def deserialize(data: bytes, url: str = "<bytes>") -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True`` and errors that name the URL."""
+    if not data.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or its legacy pickle format
+        shown = "it is empty" if not data else f"it starts with {data[:8]!r}"
+        raise CheckpointError(f"{url} is not a readable torch checkpoint ({shown}, not torch.save's zip or pickle "
+                              f"format): "
+                              f"pass a .pth written by orch or by torch.save({{'model': state_dict}})")
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -406,8 +411,9 @@ def deserialize(data: bytes, url: str = "<bytes>") -> dict[str, Any]:
             f"refusing to load {url}: it contains Python objects other than tensors and plain containers "
             f"(torch.load weights_only=True: {reason.strip()}). Checkpoints are untrusted input and may "
             f"not run code; re-save it with plain state_dicts") from None
-    except (RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{url} is not a readable torch checkpoint: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - garbage makes torch.load raise anything (IndexError, KeyError, ...)
+        raise CheckpointError(f"{url} is not a readable torch checkpoint (truncated or not written by torch.save): "
+                              f"{type(exc).__name__}: {exc}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{url} holds a {type(state).__name__}, not a checkpoint dict")
     return state

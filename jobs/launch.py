@@ -319,16 +319,6 @@ def _requeue_slurm(job_id: str) -> None:
     time.sleep(600)  # SLURM kills this allocation and starts it again
 
 
-class NodeEntry:
-    """The submitit callable (pickled by `orch submit`): runs :func:`run_node` on each node."""
-
-    def __init__(self, run_dir: str) -> None:
-        self.run_dir = run_dir
-
-    def __call__(self) -> str:
-        return run_node(self.run_dir)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:

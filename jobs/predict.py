@@ -19,7 +19,6 @@ The weights are loaded with ``torch.load(weights_only=True)`` and, when the chec
 from __future__ import annotations
 
 import io
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -30,12 +29,14 @@ from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from torch import nn
 
 from jobs import models
-from jobs.checkpoint import BEST_NAME, CHECKPOINT_DIRNAME, FINAL_NAME, CheckpointManager, marker_url
+from jobs.checkpoint import CheckpointManager, marker_url
 from orchestrator import cocofile, runs, storage
+from orchestrator.modelio import (  # noqa: F401 - torch-free, re-exported for callers of jobs.predict
+    IMAGE_EXTENSIONS, list_images, pick_run_checkpoint, require_model_source, resolve_checkpoint,
+)
 from orchestrator import config as config_mod
 from orchestrator.errors import OrchError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # (classification weight, regression weight) per family; classes = 4 * rows(cls) / rows(reg), since
 # both heads have one row block per anchor (Faster R-CNN: one class-score row per class)
 _HEAD_KEYS = (
@@ -77,45 +78,6 @@ class LoadedModel:
 
 
 # ---------------------------------------------------------------- finding and reading checkpoints
-
-def resolve_checkpoint(ref: str, work_dir: str | None = None) -> tuple[str, str | None]:
-    """(checkpoint URL, run dir or None) for a .pth file, a run dir or a run name.
-
-    A run dir gives its ``best.pth``, else ``final.pth``, else its latest complete periodic
-    checkpoint; each counts only with its ``.done`` marker.
-    """
-    url = storage.absolute(ref)
-    run_dir = _as_run_dir(url)
-    if run_dir is None and "://" not in ref and "/" not in ref and not storage.exists(url):
-        base = work_dir or os.environ.get("ORCH_WORK_DIR") or storage.absolute("runs")
-        run_dir = _as_run_dir(storage.join(base, ref))  # a run name
-    if run_dir is not None:
-        return pick_run_checkpoint(run_dir), run_dir
-    if not storage.exists(url) or storage.isdir(url):
-        raise OrchError(f"checkpoint {url} does not exist; pass a .pth file, or a run dir (or run name) made by "
-                        f"`orch submit` to use its best checkpoint")
-    parent = storage.parent(url)
-    if storage.basename(parent) == CHECKPOINT_DIRNAME:
-        run_dir = _as_run_dir(storage.parent(parent))
-    return url, run_dir
-
-
-def _as_run_dir(url: str) -> str | None:
-    return url.rstrip("/") if storage.exists(storage.join(url, runs.PLAN_FILE)) else None
-
-
-def pick_run_checkpoint(run_dir: str) -> str:
-    manager = CheckpointManager(run_dir, async_save=False)
-    for name in (BEST_NAME, FINAL_NAME):
-        url = manager.url(name)
-        if storage.exists(marker_url(url)) and storage.exists(url):
-            return url
-    latest = manager.latest()
-    if latest is None:
-        raise OrchError(f"run {run_dir} has no complete checkpoint yet (no best.pth, final.pth or iter_*.pth with "
-                        f"its .done marker); wait for the first one, or pass a .pth file")
-    return latest
-
 
 def read_checkpoint(url: str) -> dict[str, Any]:
     """The checkpoint's state (weights_only), checked against its ``.done`` marker when it has one."""
@@ -182,8 +144,7 @@ def load_model(ref: str, *, model_name: str | None = None, config_file: str | No
         model_cfg["name"] = model_name
     name = model_cfg.get("name")
     if not name:
-        raise OrchError(f"{url} is not inside a run dir, so its model is unknown: pass --model NAME (one of "
-                        f"{', '.join(sorted(models.MODELS))}) or --config CFG")
+        require_model_source(url, None, None, None, models.MODELS)
     if name not in models.MODELS:
         raise OrchError(f"unknown model {name!r}; valid names are {', '.join(sorted(models.MODELS))}")
     if min_size is not None:
@@ -263,18 +224,6 @@ def _build_and_load(cfg: dict[str, Any], num_classes: int, weights: dict[str, to
 
 
 # ---------------------------------------------------------------- images
-
-def list_images(img_dir: str) -> list[str]:
-    """Image file names directly under ``img_dir`` (any storage URL), sorted."""
-    if not storage.isdir(img_dir):
-        raise OrchError(f"image folder {img_dir} does not exist; pass a folder of {'/'.join(IMAGE_EXTENSIONS)} "
-                        f"files")
-    names = [n for n in storage.listdir(img_dir) if n.lower().endswith(IMAGE_EXTENSIONS)]
-    if not names:
-        raise OrchError(f"{img_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}); pass the folder that "
-                        f"holds them")
-    return names
-
 
 def read_image(url: str) -> Image.Image:
     """RGB PIL image (no EXIF rotation: training reads pixels the same way, see jobs/data.py)."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from orchestrator import storage
 from orchestrator.cli_core import positive_int
+from orchestrator.cli_model import non_negative_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--fix", metavar="OUT.json",
                        help="also write a cleaned copy here (the input is never modified)")
-    check.add_argument("--max-examples", type=int, default=5, metavar="N",
+    check.add_argument("--max-examples", type=non_negative_int, default=5, metavar="N",
                        help="examples shown per kind of finding (default: 5)")
     check.set_defaults(func=cmd_check)
 
@@ -79,6 +80,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     ann = storage.absolute(args.ann)
     images = storage.absolute(args.images) if args.images else None
+    if images and not storage.isdir(images):
+        raise datatools.DatasetError(f"--images {images} is not a folder: pass the folder that {ann}'s file_name "
+                                     f"entries are relative to (or leave --images out to check only the json)")
+    if args.fix:
+        from orchestrator import modelio
+
+        out = storage.absolute(args.fix)
+        modelio.refuse_output_over_inputs(out, "--fix", [("the annotation file", ann)])
+        modelio.refuse_output_in_folder(out, "--fix", images, "--images")
     report = datatools.check_dataset(ann, images, max_examples=args.max_examples, read_images=bool(images))
     if not args.fix:
         print(report.to_json() if args.json else report.render_text())
@@ -114,6 +124,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     classes = datatools.read_class_names(args.classes) if args.classes else None
     out = storage.absolute(args.out)
+    if args.classes and storage.exists(args.classes):
+        from orchestrator import modelio
+
+        modelio.refuse_output_over_inputs(out, "--out", [("the --classes file", storage.absolute(args.classes))])
     if args.format == "yolo":
         if args.image_set:
             raise datatools.DatasetError("--image-set reads VOC's ImageSets/Main lists; for YOLO, convert the "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -27,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="VAL.json", help="COCO annotation file (default: the run's data.val.ann_file)")
     p.add_argument("--images", metavar="DIR", help="its image folder (default: the run's data.val.img_dir)")
     p.add_argument("--batch", type=positive_int, default=4, metavar="N", help="images per forward pass (default: 4)")
-    p.add_argument("--workers", type=int, default=2, metavar="N", help="image-loading processes (default: 2)")
+    p.add_argument("--workers", type=non_negative_int, default=2, metavar="N",
+                   help="image-loading processes (default: 2)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_model_arguments(p, device=True)
     p.set_defaults(func=cmd_eval)
@@ -40,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
     p.add_argument("images", metavar="IMAGES_DIR", help="folder of images (local path or URL)")
     p.add_argument("--out", required=True, metavar="PREDS.json", help="results file to write")
-    p.add_argument("--score-thr", type=float, default=0.3, metavar="S",
+    p.add_argument("--score-thr", type=fraction, default=0.3, metavar="S",
                    help="keep detections scoring at least this (default: 0.3)")
     p.add_argument("--batch", type=positive_int, default=4, metavar="N", help="images per forward pass (default: 4)")
     p.add_argument("--draw", metavar="OUT_DIR", help="also write each image with its boxes, labels and scores drawn")
@@ -65,10 +67,40 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", metavar="DIR", help="images for --check (default: the run's data.val.img_dir)")
     p.add_argument("--check-images", type=positive_int, default=4, metavar="N",
                    help="how many images --check uses (default: 4)")
-    p.add_argument("--box-tol", type=float, default=0.05, metavar="PX",
+    p.add_argument("--box-tol", type=non_negative_float, default=0.05, metavar="PX",
                    help="largest box coordinate difference --check accepts, in pixels (default: 0.05)")
     _add_model_arguments(p, device=False)
     p.set_defaults(func=cmd_export)
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:  # False for NaN too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a score between 0 and 1")
+    return value
 
 
 def _add_model_arguments(p: argparse.ArgumentParser, device: bool) -> None:
@@ -94,6 +126,37 @@ def _load(args: argparse.Namespace, fallback_categories: str | None = None, devi
     return loaded
 
 
+def _check_checkpoint(args: argparse.Namespace) -> tuple[str, str | None]:
+    """Torch-free, before anything is loaded: the checkpoint exists, looks like torch.save's output
+    and its model can be known. Returns (checkpoint URL, run dir or None)."""
+    from orchestrator import modelio
+    from orchestrator.schema import MODEL_NAMES
+
+    url, run_dir = modelio.resolve_checkpoint(args.checkpoint, args.work_dir)
+    modelio.check_checkpoint_header(url)
+    modelio.require_model_source(url, run_dir, args.model, args.config, MODEL_NAMES)
+    return url, run_dir
+
+
+def _check_json_inputs(*pairs: tuple[str, str | None]) -> None:
+    """Read each local annotation file given on the command line now, not after the model has loaded
+    (remote ones may need the run's storage options, which loading the model applies)."""
+    from orchestrator import cocofile
+
+    for _flag, path in pairs:
+        if path and storage.is_local(path):
+            cocofile.load_coco(storage.absolute(path))
+
+
+def _model_inputs(args: argparse.Namespace, url: str) -> list[tuple[str, str | None]]:
+    """(role, url) of every file a model command reads: its outputs must be none of them."""
+    from orchestrator import runs
+
+    return [("the checkpoint", url), ("the checkpoint's marker", url + runs.MARKER_SUFFIX),
+            ("the --config file", args.config and storage.absolute(args.config)),
+            ("the --categories file", args.categories and storage.absolute(args.categories))]
+
+
 def _val_split(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """--data/--images, else the run's (or --config's) data.val; read without torch."""
     if args.data or args.images:
@@ -109,15 +172,25 @@ def _print_notes(notes: list[str]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from orchestrator import datatools
+
     ann_file, img_dir = _val_split(args)
+    _check_checkpoint(args)
+    _check_json_inputs(("--categories", args.categories))
+    checked = ann_file is not None and storage.is_local(ann_file) and storage.is_local(img_dir)
+    if checked:  # a wrong --images fails here, not in a DataLoader worker after the model has loaded
+        datatools.check_first_images(ann_file, img_dir, "--images")
     from jobs.predict import evaluate_checkpoint
 
     loaded = _load(args, fallback_categories=ann_file)
-    if ann_file is None:
+    flag = "--images"
+    if ann_file is None:  # the run's val set
         val = ((loaded.config or {}).get("data") or {}).get("val") or {}
-        ann_file, img_dir = val.get("ann_file"), val.get("img_dir")
+        ann_file, img_dir, flag = val.get("ann_file"), val.get("img_dir"), "the run's data.val.img_dir"
         if not (ann_file and img_dir):
             raise OrchError(f"no val set for {loaded.checkpoint_url}: pass --data VAL.json --images DIR")
+    if not checked:  # remote files are readable once load_model applied the run's storage options
+        datatools.check_first_images(ann_file, img_dir, flag)
     result = evaluate_checkpoint(loaded, ann_file, img_dir, batch_size=args.batch, workers=max(0, args.workers))
     notes = loaded.notes + result["notes"]
     if args.json:
@@ -144,13 +217,26 @@ def _eval_json(loaded, result: dict[str, Any], ann_file: str, img_dir: str, note
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from orchestrator import modelio
+
+    url, _run_dir = _check_checkpoint(args)
+    images = storage.absolute(args.images)
+    if storage.is_local(images):
+        modelio.list_images(images)
+    out = storage.absolute(args.out)
+    draw_dir = storage.absolute(args.draw) if args.draw else None
+    inputs = _model_inputs(args, url) + [("the --ann file", args.ann and storage.absolute(args.ann)),
+                                         ("IMAGES_DIR", images)]
+    modelio.refuse_output_over_inputs(out, "--out", inputs)
+    modelio.refuse_output_in_folder(out, "--out", images, "IMAGES_DIR")
+    if draw_dir:
+        modelio.refuse_output_over_inputs(draw_dir, "--draw", [("IMAGES_DIR", images)] + inputs[:-1], folder=True)
+    _check_json_inputs(("--ann", args.ann), ("--categories", args.categories))
     from jobs.predict import predict_folder
 
     loaded = _load(args, fallback_categories=args.ann)
     _print_notes(loaded.notes)
-    out = storage.absolute(args.out)
-    draw_dir = storage.absolute(args.draw) if args.draw else None
-    summary = predict_folder(loaded, storage.absolute(args.images), out, score_thr=args.score_thr,
+    summary = predict_folder(loaded, images, out, score_thr=args.score_thr,
                              batch_size=args.batch, draw_dir=draw_dir, image_ids_file=args.ann)
     print(loaded.describe())
     print(f"wrote {summary['out']}: {summary['detections']} detections (score >= {args.score_thr:g}) on "
@@ -166,6 +252,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         from orchestrator import extras
 
         extras.require("onnxruntime", "orch export --check")  # before the model is loaded and exported
+    from orchestrator import modelio
+
+    url, _run_dir = _check_checkpoint(args)
+    out = storage.absolute(args.out) if args.out else (url[:-4] if url.endswith(".pth") else url) + ".onnx"
+    modelio.refuse_output_over_inputs(out, "--out", _model_inputs(args, url))
+    if args.check and args.images and storage.is_local(args.images):
+        modelio.list_images(storage.absolute(args.images))
+    _check_json_inputs(("--categories", args.categories))
     from jobs import export
     from jobs.predict import list_images
 
@@ -181,8 +275,6 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise OrchError(f"--check needs images and {loaded.checkpoint_url} has no run val set: pass --images DIR")
         check_dir = storage.absolute(check_dir)
         names = list_images(check_dir)[:args.check_images]
-    ckpt = loaded.checkpoint_url
-    out = storage.absolute(args.out) if args.out else (ckpt[:-4] if ckpt.endswith(".pth") else ckpt) + ".onnx"
     result = export.export_onnx(loaded, out, opset=args.opset, dynamic_batch=args.dynamic_batch)
     print(loaded.describe())
     batch = "B" if args.dynamic_batch else "1"

@@ -90,13 +90,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
         print(preflight.check_run(config, run_name).line(), flush=True)
     if args.dry_run:
-        prepared = submission.prepare(config, run_name)
-        from orchestrator.executors import get_executor
-
+        prepared = submission.prepare(config, run_name, executor_name)
         print(f"run {run_name} → {prepared.doc['run_dir']}  (dry run: nothing submitted)\n")
         print(planner.format_plan(prepared.plan))
         print(f"\n# {executor_name} submission script\n")
-        print(get_executor(executor_name).script(prepared.request))
+        print(prepared.executor.script(prepared.request))
         return 0
     result = submission.submit(config, run_name, executor_name)
     for warning in result["plan"].warnings:

@@ -29,8 +29,9 @@ def load_coco(ann_url: str) -> dict[str, Any]:
         raise AnnotationError(f"annotation file {ann_url} does not exist") from None
     try:
         coco = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise AnnotationError(f"annotation file {ann_url} is not valid JSON: {exc}") from None
+    except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for a binary file
+        raise AnnotationError(f"annotation file {ann_url} is not valid JSON ({exc}); point the key at a COCO "
+                              "json, or check it with `orch data check`") from None
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         raise AnnotationError(f"annotation file {ann_url} has no 'images' list: is it COCO format?")
     coco.setdefault("annotations", [])
@@ -69,10 +70,21 @@ def train_image_ids(coco: dict[str, Any], filter_empty: bool, source: str = "the
     With ``filter_empty`` (torchvision references' rule) an image counts only if it has at least
     one non-crowd annotation whose box survives clipping. ``source`` names the file in errors.
     """
-    ids = sorted(int(img["id"]) for img in coco["images"])
+    sizes: dict[int, tuple[Any, Any]] = {}
+    for img in coco["images"]:
+        image_id = img.get("id") if isinstance(img, dict) else None
+        if type(image_id) is not int:
+            raise AnnotationError(f"{source}: image {img!r:.120} has no integer 'id' (COCO image ids are "
+                                  "integers); fix the file (`orch data check` lists every problem)")
+        width, height = img.get("width"), img.get("height")
+        if type(width) not in _NUMBER_TYPES or type(height) not in _NUMBER_TYPES or width <= 0 or height <= 0:
+            raise AnnotationError(f"{source}: image {image_id} has no positive 'width' and 'height' "
+                                  f"(width={width!r}, height={height!r}); fix the file (`orch data check` lists "
+                                  "every problem)")
+        sizes[image_id] = (width, height)
+    ids = sorted(sizes)
     if not filter_empty:
         return ids
-    sizes = {int(img["id"]): (img.get("width", 0), img.get("height", 0)) for img in coco["images"]}
     keep: set[int] = set()
     for ann in coco["annotations"]:
         image_id = ann.get("image_id")

@@ -430,6 +430,9 @@ def load_config(path: str, overrides: list[str] | None = None) -> LoadedConfig:
     file_order: list[str] = []
     _record_sources(defaults(), DEFAULTS_SOURCE, "", sources)
     layered = _load_layers(path, (), sources, file_order)
+    if not layered:
+        raise ConfigError(f"config file {path} is empty (or only comments); start from one of configs/*.yml, "
+                          "e.g. `__include__: [base/runtime.yml]` plus the model and data keys")
     data = deep_merge(defaults(), layered)
     for text in overrides or []:
         key, value = parse_override(text)

@@ -65,6 +65,11 @@ def build_plan(config: dict[str, Any], gpus: int | None = None, train_images: in
             raise OrchError(f"data.train.ann_file {ann_file} does not exist; point it at your COCO json "
                             "(override: data.train.ann_file=PATH), or plan without data: --train-images N")
         train_images = cocofile.count_train_images(ann_file, config["data"]["filter_empty"])
+        if train_images < 1:
+            raise OrchError(f"data.train.ann_file {ann_file} has no image to train on"
+                            + (" (data.filter_empty drops every image without a usable box)"
+                               if config["data"]["filter_empty"] else "")
+                            + f"; check it with `orch data check {ann_file}`")
     return planner.make_plan(config, train_images, gpus=gpus)
 
 

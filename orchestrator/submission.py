@@ -1,6 +1,6 @@
 """Submit, resume, cancel and inspect runs: the flows behind `orch submit/status/logs/cancel/resume`.
 
-submit: config → plan → (cheap data check) → run dir → executor.submit → submissions.json.
+submit: config → plan → checks (data, executor) → run dir → executor.submit → submissions.json.
 Everything that can be wrong is checked before anything is submitted or written.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from orchestrator import planner, runs, storage
 from orchestrator.errors import OrchError
-from orchestrator.executors import JobRequest, get_executor
+from orchestrator.executors import Executor, JobRequest, get_executor
 from orchestrator.executors.base import ACTIVE_STATES
 
 NODE_RECORD_RE = re.compile(r"^node-(\d+)\.json$")
@@ -68,27 +68,30 @@ class Prepared:
     doc: dict[str, Any]
     plan: planner.Plan
     request: JobRequest
+    executor: Executor
 
 
-def prepare(config: dict[str, Any], run_name: str) -> Prepared:
-    """Plan and validate without writing anything (used by submit and --dry-run)."""
+def prepare(config: dict[str, Any], run_name: str, executor_name: str | None = None) -> Prepared:
+    """Plan and check everything without writing anything: the one path of submit and --dry-run,
+    so a dry-run refuses exactly what a submit refuses."""
     if not config["data"]["train"]["ann_file"]:
         raise OrchError("data.train.ann_file is not set: point it at a COCO json")
     plan = runs.build_plan(config)
     run_dir = storage.join(config["work_dir"], runs.check_run_name(run_name))
     doc = runs.plan_document(run_name, run_dir, plan, config)
     request = job_request(doc, log_dir_for(run_dir, run_name))  # validates every sbatch-bound value
-    return Prepared(doc, plan, request)
+    cheap_data_check(config)
+    executor = get_executor(executor_name or config["resources"]["executor"])
+    executor.check(request)
+    return Prepared(doc, plan, request, executor)
 
 
 def submit(config: dict[str, Any], run_name: str, executor_name: str) -> dict[str, Any]:
-    prepared = prepare(config, run_name)
-    cheap_data_check(config)
-    executor = get_executor(executor_name)
+    prepared = prepare(config, run_name, executor_name)
     doc = runs.create_run_dir(config["work_dir"], run_name, prepared.plan, config)
     try:
         with storage.secrets_in_env(storage.active()):  # the options this CLI used: config + user's
-            submitted = executor.submit(prepared.request)
+            submitted = prepared.executor.submit(prepared.request)
     except Exception:
         storage.remove(doc["run_dir"], recursive=True)  # we just made it: leave nothing behind
         raise
@@ -262,8 +265,10 @@ def resume(run_dir: str, executor_name: str | None = None) -> dict[str, Any]:
             raise OrchError(f"run {status['run_name']} is already COMPLETED")
         doc = runs.read_plan(run_dir)
         name = executor_name or status["executor"] or doc["config"]["resources"]["executor"]
+        executor, request = get_executor(name), job_request(doc, log_dir_for(run_dir, doc["run_name"]))
+        executor.check(request)
         with storage.secrets_in_env(job_storage_options(doc, run_dir)):
-            submitted = get_executor(name).submit(job_request(doc, log_dir_for(run_dir, doc["run_name"])))
+            submitted = executor.submit(request)
         url = storage.join(run_dir, runs.SUBMISSIONS_FILE)
         record = runs.read_json(url, default={"run_name": doc["run_name"], "run_dir": run_dir, "attempts": []})
         _append_attempt(record, submitted.job_id, name, submitted.log_dir, "resume")

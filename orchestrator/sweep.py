@@ -289,6 +289,7 @@ def prepare_sweep(base: dict[str, Any], specs: list[ParamSpec], name: str, rando
     doc = {"run_name": name, "run_dir": sweep_dir, "plan": points[0].plan.to_dict(), "config": points[0].config}
     request = submission.job_request(doc, submission.log_dir_for(sweep_dir, name), array_size=len(points),
                                      max_parallel=max_parallel, extra={"hold": True} if hold else {})
+    get_executor(points[0].config["resources"]["executor"]).check(request)  # as a submit would
     return PreparedSweep(name, sweep_dir, "random" if random_count is not None else "grid",
                          seed if random_count is not None else None, specs, points, request, max_parallel)
 

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from orchestrator import storage
+from orchestrator.errors import OrchError
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 MAX_SHAPES_PER_IMAGE = 4
@@ -38,6 +39,7 @@ def make_synthetic_dataset(out_dir_url: str, num_train: int = 400, num_val: int 
     ``category_ids`` (default 1..K) lets a test use sparse ids such as ``(3, 7, 11)``.
     ``aspect_ratios`` are width/height ratios drawn per image; the longer side is ``image_size``.
     """
+    refuse_existing_dataset(out_dir_url)
     unknown = [c for c in classes if c not in SHAPES]
     if unknown:
         raise ValueError(f"unknown shape class(es) {unknown}; valid classes are {list(SHAPES)}")
@@ -62,6 +64,17 @@ def make_synthetic_dataset(out_dir_url: str, num_train: int = 400, num_val: int 
         result[split] = {"ann_file": ann_file, "img_dir": storage.join(out_dir_url, split),
                          "num_images": count, "num_annotations": len(coco["annotations"])}
     return result
+
+
+def refuse_existing_dataset(out_dir_url: str) -> None:
+    """Never overwrite: refuse a file, or a folder that already holds any of the files this would write."""
+    if storage.exists(out_dir_url) and not storage.isdir(out_dir_url):
+        raise OrchError(f"{out_dir_url} is a file: pass a new folder for the synthetic dataset")
+    present = [name for name in ("train.json", "val.json", "train", "val")
+               if storage.exists(storage.join(out_dir_url, name))]
+    if present:
+        raise OrchError(f"{out_dir_url} already holds {', '.join(present)}: `orch data synth` never overwrites a "
+                        f"dataset; pass a new folder (or delete those first)")
 
 
 def _write_split(out_dir_url: str, split: str, count: int, image_size: int, rng: np.random.Generator,

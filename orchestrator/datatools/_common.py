@@ -135,7 +135,30 @@ def refuse_overwrite(input_url: str, out_url: str, what: str) -> None:
 
 
 def write_json(url: str, data: dict[str, Any]) -> None:
-    storage.write_text(url, json.dumps(data, separators=(",", ":")) + "\n")
+    try:
+        text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN/Infinity: Python would write them, but they are not JSON and no reader takes them
+        raise DatasetError(f"refusing to write {url}: a value is NaN or infinite, which JSON cannot hold; "
+                           f"fix the input it came from (run `orch data check` on it)") from None
+    storage.write_text(url, text + "\n")
+
+
+def refuse_output_in_dataset(out_url: str, src_dir: str, what: str) -> None:
+    """Refuse an output that is a folder, or an existing file inside the dataset being read (a label, an
+    image, an XML, a class list). The converters read no .json file, so an earlier output (an existing
+    ``.json``) may be written again; any other existing file there is refused."""
+    import os
+
+    if not (storage.is_local(out_url) and storage.is_local(src_dir)):
+        if out_url.rstrip("/") == src_dir.rstrip("/"):
+            raise DatasetError(f"{what} --out {out_url} is the dataset folder itself: pass a .json file path")
+        return
+    out, src = os.path.realpath(storage.absolute(out_url)), os.path.realpath(storage.absolute(src_dir))
+    if os.path.isdir(out):
+        raise DatasetError(f"{what} --out {out_url} is a folder: pass a .json file path")
+    if os.path.exists(out) and out.startswith(src + os.sep) and not out.lower().endswith(".json"):
+        raise DatasetError(f"{what} --out {out_url} would overwrite its input (a file of the dataset {src_dir}): "
+                           f"pass a new .json file (e.g. {src_dir}/annotations.json)")
 
 
 def list_files(root_url: str) -> list[str]:
@@ -159,3 +182,24 @@ def list_files(root_url: str) -> list[str]:
 
 def is_image_name(name: str) -> bool:
     return posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+FIRST_IMAGES_CHECKED = 8
+
+
+def check_first_images(ann_url: str, img_dir: str, flag: str = "--images") -> None:
+    """Refuse an image folder that does not hold the first images ``ann_url`` names (a wrong --images
+    would otherwise fail inside a DataLoader worker, minutes later)."""
+    from orchestrator.cocofile import load_coco
+
+    ann_url, img_dir = storage.absolute(ann_url), storage.absolute(img_dir)
+    coco = load_coco(ann_url)
+    if not storage.isdir(img_dir):
+        raise DatasetError(f"{flag} {img_dir} does not exist: pass the folder that {ann_url}'s file_name "
+                           f"entries are relative to")
+    names = [img.get("file_name") for img in coco["images"][:FIRST_IMAGES_CHECKED] if isinstance(img, dict)]
+    missing = [n for n in names if not isinstance(n, str) or not storage.exists(storage.join(img_dir, n))]
+    if missing:
+        raise DatasetError(f"{flag} {img_dir} does not hold the images {ann_url} names ({len(missing)} of the "
+                           f"first {len(names)} are missing, e.g. {missing[0]!r}): pass the folder that its "
+                           f"file_name entries are relative to")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from orchestrator import storage
 from orchestrator.cocofile import load_coco
 from orchestrator.datatools._common import DatasetError, refuse_overwrite, same_file, write_json
 
@@ -19,6 +20,10 @@ def split_dataset(ann_url: str, val_fraction: float, seed: int, out_train_url: s
     """Write ``out_train_url`` and ``out_val_url``; returns their image and annotation counts."""
     if not 0.0 < float(val_fraction) < 1.0:
         raise DatasetError(f"--val {val_fraction} is not a fraction between 0 and 1: pass e.g. --val 0.2")
+    for url in (out_train_url, out_val_url):
+        folder = storage.parent(url)
+        if storage.exists(folder) and not storage.isdir(folder):
+            raise DatasetError(f"--out-dir {folder} is a file: pass a folder for train.json and val.json")
     refuse_overwrite(ann_url, out_train_url, "the train split")
     refuse_overwrite(ann_url, out_val_url, "the val split")
     if same_file(out_train_url, out_val_url):

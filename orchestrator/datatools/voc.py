@@ -6,7 +6,8 @@ relative to the *images dir* (``SRC/JPEGImages`` when it exists, else the XML fo
 ``images_dir``: pass it as ``--images`` when training.
 
 VOC boxes are 1-based inclusive pixel indices; the COCO box is
-``[xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]`` (detectron2's VOC rule).
+``[xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]`` (detectron2's VOC rule). A box with
+``xmax < xmin`` or ``ymax < ymin``, a NaN/inf coordinate or a negative size is refused, naming the XML.
 ``difficult`` objects are kept with ``iscrowd: 1``, so training and COCO evaluation ignore them.
 ``image_set`` (e.g. ``trainval``) converts only the ids listed in ``SRC/ImageSets/Main/<set>.txt``,
 as VOC's own splits do. Categories are the given ``classes`` in that order, else all object names sorted alphabetically
@@ -14,13 +15,14 @@ as VOC's own splits do. Categories are the given ``classes`` in that order, else
 """
 from __future__ import annotations
 
+import math
 import posixpath
 import xml.etree.ElementTree as ElementTree
 from typing import Any
 
 from orchestrator import storage
 from orchestrator.datatools._common import (
-    DatasetError, ImageMissing, ImageUnreadable, list_files, read_image_size, write_json,
+    DatasetError, ImageMissing, ImageUnreadable, list_files, read_image_size, refuse_output_in_dataset, write_json,
 )
 
 
@@ -31,6 +33,7 @@ def convert_voc(src_dir: str, out_url: str, *, classes: list[str] | None = None,
     if not storage.isdir(src_dir):
         raise DatasetError(f"VOC dataset folder {src_dir} does not exist: pass the folder holding "
                            f"Annotations/ and JPEGImages/ (or the XML files)")
+    refuse_output_in_dataset(out_url, src_dir, "convert voc")
     xml_dir = storage.join(src_dir, "Annotations")
     if not storage.isdir(xml_dir):
         xml_dir = src_dir
@@ -103,6 +106,10 @@ def _read_xml(url: str, images_dir: str) -> dict[str, Any]:
         file_name = posixpath.splitext(posixpath.basename(url))[0] + ".jpg"
     width = _number(root.findtext("size/width"), url, "size/width")
     height = _number(root.findtext("size/height"), url, "size/height")
+    for value, what in ((width, "width"), (height, "height")):
+        if value is not None and value < 0:
+            raise DatasetError(f"{url}: size/{what} is {value:g}: an image size cannot be negative; write the "
+                               f"image's real size (or 0 to read it from the image)")
     if not width or not height:  # some exporters write 0: the image header knows
         try:
             width, height = read_image_size(storage.join(images_dir, file_name))
@@ -120,6 +127,11 @@ def _read_xml(url: str, images_dir: str) -> dict[str, Any]:
             raise DatasetError(f"{url}: {where} has no <bndbox>: add xmin/ymin/xmax/ymax")
         box = tuple(_number(bndbox.findtext(k), url, f"{where} bndbox/{k}", required=True)
                     for k in ("xmin", "ymin", "xmax", "ymax"))
+        xmin, ymin, xmax, ymax = box
+        for low, high, lo_name, hi_name in ((xmin, xmax, "xmin", "xmax"), (ymin, ymax, "ymin", "ymax")):
+            if high < low:  # VOC boxes are inclusive pixel indices: xmax == xmin is a 1-px box
+                raise DatasetError(f"{url}: {where} has {hi_name} {high:g} < {lo_name} {low:g}, an impossible box: "
+                                   f"swap them or fix the annotation")
         difficult = _number(obj.findtext("difficult"), url, f"{where} difficult") or 0
         objects.append({"name": name, "bndbox": box, "difficult": 1 if difficult else 0})
     return {"file_name": file_name, "width": int(width or 0), "height": int(height or 0), "objects": objects}
@@ -131,6 +143,10 @@ def _number(text: str | None, url: str, what: str, required: bool = False) -> fl
             raise DatasetError(f"{url}: {what} is missing: every box needs xmin, ymin, xmax, ymax")
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise DatasetError(f"{url}: {what} is {text.strip()!r}, not a number: fix the XML") from None
+    if not math.isfinite(value):
+        raise DatasetError(f"{url}: {what} is {text.strip()!r}, not a finite number (NaN and infinity are not "
+                           f"valid in COCO JSON): fix the XML")
+    return value

@@ -12,18 +12,21 @@ Layouts understood (``SRC`` is what the user passes):
 (``images/train``, ``images/val``) pass ``SRC/images/train`` to convert one split; the sub-folders
 are returned as ``subfolders``. The images dir is returned as ``images_dir``; pass it as ``--images`` (or the config's image
 folder) when training. A label line is ``class cx cy w h`` normalised to [0, 1] (a YOLO-seg
-polygon ``class x1 y1 x2 y2 ...`` becomes its bounding box). Category ids are 1..K in the order of
-the class names, taken from ``classes`` or found in ``classes.txt`` / ``data.yaml`` (``names``).
+polygon ``class x1 y1 x2 y2 ...`` becomes its bounding box). A value outside [0, 1] (pixels
+instead of fractions), NaN/inf or a zero or negative width/height is refused, naming ``file:line``.
+Category ids are 1..K in the order of the class names, taken from ``classes`` or found in ``classes.txt`` / ``data.yaml`` (``names``).
 An image without a label file is a background image (kept, no annotations).
 """
 from __future__ import annotations
 
+import math
 import posixpath
 from typing import Any
 
 from orchestrator import storage
 from orchestrator.datatools._common import (
-    DatasetError, ImageMissing, is_image_name, list_files, read_image_sizes, write_json,
+    DatasetError, ImageMissing, is_image_name, list_files, read_image_sizes, refuse_output_in_dataset, refuse_overwrite,
+    write_json,
 )
 
 CLASS_FILES = ("classes.txt", "data.yaml", "dataset.yaml", "data.yml", "dataset.yml")
@@ -35,10 +38,14 @@ def convert_yolo(src_dir: str, out_url: str, *, classes: list[str] | None = None
     if not storage.isdir(src_dir):
         raise DatasetError(f"YOLO dataset folder {src_dir} does not exist: pass the folder holding "
                            f"images/ and labels/ (or images with .txt labels beside them)")
+    refuse_output_in_dataset(out_url, src_dir, "convert yolo")
     images_dir, labels_dir, layout = _find_layout(src_dir)
+    for folder in (images_dir, labels_dir):  # the label folder may be a sibling of SRC
+        refuse_output_in_dataset(out_url, folder, "convert yolo")
     names_from = "--classes"
     if classes is None:
         classes, names_from = _find_class_names(src_dir, images_dir, labels_dir)
+        refuse_overwrite(names_from, out_url, "convert yolo --out")
     classes = [str(c) for c in classes]
     if not classes:
         raise DatasetError(f"the class list for {src_dir} is empty: pass --classes a,b,c")
@@ -172,7 +179,35 @@ def _read_label_file(url: str, num_classes: int):
         else:
             raise DatasetError(f"{url}:{line_no}: expected 'class cx cy w h' (5 numbers), "
                                f"got {len(fields)}: {line.strip()!r}")
+        _check_normalised(url, line_no, line, box, polygon=len(values) > 4)
         if not 0 <= class_index < num_classes:
             raise DatasetError(f"{url}:{line_no}: class {class_index} is outside 0..{num_classes - 1}: "
                                f"the class list has {num_classes} names; pass the full list with --classes")
         yield class_index, box
+
+
+# a label written with a few digits may round 1.0 up a hair; anything beyond is not normalised
+_NORMALISED_SLACK = 1e-6
+
+
+def _check_normalised(url: str, line_no: int, line: str, box: tuple[float, ...], polygon: bool) -> None:
+    """Refuse what no image can hold: NaN/inf, values outside [0, 1] (pixels instead of fractions of the
+    image size), a zero or negative width or height."""
+    cx, cy, w, h = box
+    if not all(math.isfinite(v) for v in box):
+        raise DatasetError(f"{url}:{line_no}: {line.strip()!r} has a NaN or infinite value: write finite numbers "
+                           f"'class cx cy w h' normalised to [0, 1]")
+    if w <= 0 or h <= 0:
+        which = "width" if w <= 0 else "height"
+        raise DatasetError(f"{url}:{line_no}: {line.strip()!r}: the box {which} is {w if w <= 0 else h:g}; a box "
+                           f"needs a positive width and height: fix or delete the line")
+    if polygon:
+        values = [cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2]
+        names = "polygon coordinates"
+    else:
+        values = list(box)
+        names = "cx cy w h"
+    if not all(-_NORMALISED_SLACK <= v <= 1 + _NORMALISED_SLACK for v in values):
+        raise DatasetError(f"{url}:{line_no}: {line.strip()!r}: {names} must be normalised to [0, 1] (fractions of "
+                           f"the image width and height), got {max(values, key=abs):g}; divide pixel values by "
+                           f"the image size")

@@ -127,6 +127,10 @@ class Executor(abc.ABC):
     def cancel(self, job_id: str) -> None:
         """Stop the job; the job checkpoints on the way out where it can."""
 
+    def check(self, req: JobRequest) -> None:
+        """Refuse (SubmissionError) a request this executor can never run; called by submit and --dry-run
+        alike, before anything is written, so a dry-run refuses exactly what a submit refuses."""
+
     def script(self, req: JobRequest) -> str:
         """What would be submitted (for --dry-run)."""
         return ""

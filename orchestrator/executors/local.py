@@ -1,47 +1,54 @@
-"""This machine, no SLURM: submitit's local executor runs the same launcher as a SLURM node would.
+"""This machine, no SLURM: the same launcher a SLURM node runs, as a detached process of its own.
 
-The job outlives `orch submit` (submitit's controller process is left running); its id is the
-controller's pid, and `status` asks the operating system whether it is still alive.
+``python -u -m jobs.launch RUN_DIR`` runs in a session of its own (it outlives `orch submit` and a
+Ctrl-C in its terminal); its process id is the job id, and its output goes to
+``<log_dir>/<pid>_0_log.out``, the name `orch logs` looks for. `status` asks the operating system
+whether the process is still alive; `cancel` sends it SIGTERM, which the launcher passes to its
+workers (they checkpoint and stop). There is no scheduler here to enforce ``resources.time``.
 """
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import subprocess
+import sys
 from typing import Any
 
 from orchestrator import procfs
-from orchestrator.executors.base import Executor, JobRequest, SubmissionError, Submitted, time_to_minutes
+from orchestrator.executors.base import Executor, JobRequest, SubmissionError, Submitted
 
 
-def _has_nvidia_gpu() -> bool:
-    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
+def launch_command(req: JobRequest, python: str = sys.executable) -> str:
+    """The shell command the local executor runs (``sh -c``); ``$$`` is the launcher's pid after ``exec``."""
+    log = f'{shlex.quote(req.log_dir)}/"$$"_0_log.out'
+    return f"exec {shlex.quote(python)} -u -m jobs.launch {shlex.quote(req.run_dir)} >>{log} 2>&1 </dev/null"
 
 
 class LocalExecutor(Executor):
     name = "local"
+    python = sys.executable   # the interpreter that runs the launcher (tests pin it)
 
-    def _executor(self, req: JobRequest):
-        import submitit
-
-        executor = submitit.LocalExecutor(folder=req.log_dir)
-        # On a CPU-only machine the job runs gloo CPU processes: no CUDA_VISIBLE_DEVICES to fake.
-        executor.update_parameters(timeout_min=time_to_minutes(req.time), tasks_per_node=1,
-                                   gpus_per_node=req.gpus_per_node if _has_nvidia_gpu() else 0,
-                                   signal_delay_s=req.signal_delay_s, stderr_to_stdout=True)
-        return executor
-
-    def script(self, req: JobRequest) -> str:
-        return (f"# local executor: no sbatch script; runs on this machine\n"
-                f"python -m jobs.launch {req.run_dir}   # torchrun --nproc-per-node={req.gpus_per_node}\n")
-
-    def submit(self, req: JobRequest) -> Submitted:
+    def check(self, req: JobRequest) -> None:
         if req.nodes != 1:
             raise SubmissionError(f"the local executor runs one node; this plan needs {req.nodes} nodes "
                                   "(use --executor slurm, or fewer --gpus)")
-        from jobs.launch import NodeEntry
 
-        job = self._executor(req).submit(NodeEntry(req.run_dir))
-        return Submitted(job_id=str(job.job_id), executor=self.name, log_dir=req.log_dir)
+    def script(self, req: JobRequest) -> str:
+        return (f"# local executor: no sbatch; `sh -c` runs this on this machine, detached, in the directory "
+                f"`orch submit` runs in;\n# the job id is the launcher's process id ($$), torchrun starts "
+                f"{req.gpus_per_node} process(es)\n{launch_command(req, self.python)}\n")
+
+    def submit(self, req: JobRequest) -> Submitted:
+        os.makedirs(req.log_dir, exist_ok=True)
+        # started from a shell that exits at once: the launcher is nobody's child here (no zombie in a
+        # long-lived caller) and keeps running after `orch submit` ends
+        detach = f"/bin/sh -c {shlex.quote(launch_command(req, self.python))} </dev/null >/dev/null 2>&1 &\necho $!"
+        result = subprocess.run(["/bin/sh", "-c", detach], capture_output=True, text=True, start_new_session=True)
+        pid = result.stdout.strip()
+        if result.returncode != 0 or not pid.isdigit():
+            raise SubmissionError(f"could not start the local job: {' '.join(result.stderr.split()) or 'no pid'}")
+        return Submitted(job_id=pid, executor=self.name, log_dir=req.log_dir)
 
     def status(self, job_id: str) -> dict[str, Any]:
         st = procfs.stat(int(job_id))
@@ -51,6 +58,6 @@ class LocalExecutor(Executor):
 
     def cancel(self, job_id: str) -> None:
         try:
-            os.kill(int(job_id), signal.SIGTERM)  # submitit's controller passes it to the launcher
+            os.kill(int(job_id), signal.SIGTERM)  # the launcher passes it to its workers
         except ProcessLookupError:
             pass

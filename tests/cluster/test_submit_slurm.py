@@ -146,3 +146,25 @@ def test_bad_input_is_a_clear_error_and_nothing_is_submitted(slurm_cluster, work
     assert err.count("\n") <= 2   # one paragraph
     assert _job_count() == before
     assert not os.path.exists(os.path.join(work_dir, name))
+
+
+@pytest.mark.parametrize("odd", ["it's a \"run\";%j %% $HOME #1", "it's a \"run\";%j %% $HOME \\x #1"],
+                         ids=["percent", "percent-and-backslash"])
+def test_a_run_dir_with_shell_and_slurm_characters_runs_and_shows_its_log(slurm_cluster, tmp_path_factory,
+                                                                          data_root, odd):
+    """The script from orchestrator/executors/sbatch.py, submitted for real: sbatch reads the quoted
+    #SBATCH values back byte for byte, SLURM expands only its own pattern in the batch log (the
+    first version let it expand the run dir's %j: JobLaunchFailure), bash hands the quoted run dir
+    to the launcher and writes each node's log."""
+    work_dir = os.path.join(str(tmp_path_factory.mktemp("odd")), odd)
+    args = ["submit", CONFIG, "--executor", "slurm", "--partition", "dev", "--gpus", "2", "--name", "odd",
+            "--cpus-per-gpu", "1", *TINY, *data_overrides(data_root), "work_dir=" + json.dumps(work_dir), *PLAN,
+            "schedule.max_iters=2"]
+    assert cli.main(args) == 0
+    run_dir = os.path.join(work_dir, "odd")
+    job_id = json.load(open(os.path.join(run_dir, "submissions.json")))["attempts"][-1]["job_id"]
+    fields = wait_for_job(job_id, timeout_s=600)
+    assert fields["JobState"] == "COMPLETED", log_text(run_dir)[-3000:]
+    assert status(run_dir)["state"] == "COMPLETED"
+    assert sorted(os.listdir(os.path.join(run_dir, "logs"))) == [f"{job_id}_0_log.out", f"{job_id}_submission.sh"]
+    assert "run odd on 2 process(es)" in log_text(run_dir)

@@ -670,3 +670,68 @@ def test_data_cli_is_torch_free_and_fast():
         assert result.returncode == 0, result.stderr
         assert "--images" in result.stdout and "--fix" in result.stdout
     assert best_cpu_s < 0.5, f"orch data check --help used {best_cpu_s:.2f} s of CPU ({best_wall_s:.2f} s wall)"
+
+
+# --- bad input (issue 11): impossible boxes are refused, outputs never overwrite inputs -----------
+@pytest.mark.parametrize("line, match", [
+    ("0 32 32 16 16", r"normalised to \[0, 1\]"),
+    ("0 0.5 0.5 -0.2 0.1", "width is -0.2"),
+    ("0 0.5 0.5 0.2 0", "height is 0"),
+    ("0 nan 0.5 0.2 0.2", "NaN or infinite"),
+    ("0 0.5 inf 0.2 0.2", "NaN or infinite"),
+    ("0 10 10 40 10 40 40", r"normalised to \[0, 1\]"),  # a polygon in pixels
+])
+def test_yolo_refuses_impossible_boxes_naming_file_and_line(tmp_path, line, match):
+    write_yolo(str(tmp_path))
+    with open(tmp_path / "labels" / "train" / "one.txt", "w") as f:
+        f.write(f"0 0.5 0.5 0.1 0.1\n{line}\n")
+    with pytest.raises(DatasetError, match=rf"one\.txt:2: .*{match}"):
+        convert_yolo(str(tmp_path), str(tmp_path / "out.json"))
+    assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("box, match", [
+    ((40, 10, 10, 40), "xmax 10 < xmin 40"), ((10, 50, 40, 20), "ymax 20 < ymin 50"),
+    (("nan", 10, 40, 40), "not a finite number"), ((10, 10, "inf", 40), "not a finite number"),
+])
+def test_voc_refuses_impossible_boxes(tmp_path, box, match):
+    write_voc(str(tmp_path))
+    xmin, ymin, xmax, ymax = box
+    with open(tmp_path / "Annotations" / "one.xml", "w") as f:
+        f.write(f"<annotation><filename>one.png</filename><size><width>64</width><height>64</height></size>"
+                f"<object><name>cat</name><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax>"
+                f"<ymax>{ymax}</ymax></bndbox></object></annotation>")
+    with pytest.raises(DatasetError, match=rf"one\.xml: .*{match}"):
+        convert_voc(str(tmp_path), str(tmp_path / "out.json"))
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_converters_refuse_an_out_that_is_a_file_of_the_dataset_but_rewrite_their_own_json(tmp_path):
+    write_yolo(str(tmp_path))
+    label = tmp_path / "labels" / "train" / "one.txt"
+    before = label.read_bytes()
+    with pytest.raises(DatasetError, match="would overwrite its input"):
+        convert_yolo(str(tmp_path), str(label))
+    with pytest.raises(DatasetError, match="would overwrite its input"):
+        convert_yolo(str(tmp_path), str(tmp_path / "classes.txt"))
+    assert label.read_bytes() == before
+    for _ in range(2):  # an earlier output in the dataset folder is not an input
+        convert_yolo(str(tmp_path), str(tmp_path / "coco.json"))
+
+
+def test_json_output_never_holds_nan(tmp_path):
+    from orchestrator.datatools._common import write_json as write_coco
+
+    with pytest.raises(DatasetError, match="NaN or infinite"):
+        write_coco(str(tmp_path / "out.json"), {"annotations": [{"bbox": [float("nan"), 0, 1, 1]}]})
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_synth_refuses_a_folder_that_holds_a_dataset(tmp_path, capsys):
+    from orchestrator.synth import make_synthetic_dataset
+
+    make_synthetic_dataset(str(tmp_path), num_train=1, num_val=1, image_size=32)
+    before = (tmp_path / "train.json").read_bytes()
+    assert cli.main(["data", "synth", str(tmp_path), "--train", "2", "--val", "1", "--size", "32"]) == 2
+    assert "already holds train.json, val.json, train, val" in capsys.readouterr().err
+    assert (tmp_path / "train.json").read_bytes() == before

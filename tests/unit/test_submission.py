@@ -106,7 +106,7 @@ def test_dry_run_script_has_what_slurm_needs(tiny_data, capsys):
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
                  "#SBATCH --partition=dev", "#SBATCH --requeue", "#SBATCH --signal=USR2@120",
                  "#SBATCH --job-name=golden", "#SBATCH --time=1440", "#SBATCH --account=vision",
-                 "#SBATCH --qos=high", "#SBATCH --mem-per-gpu=32G", "#SBATCH --exclude='node[01-02]'"):
+                 "#SBATCH --qos=high", "#SBATCH --mem-per-gpu=32G", "#SBATCH --exclude=node[01-02]"):
         assert line in out, line
 
 

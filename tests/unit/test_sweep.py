@@ -188,10 +188,9 @@ def test_dry_run_lists_every_point_with_its_own_plan_and_one_array_script(tiny_d
         ["p000", "0.01", "2", "0.005", "4", "2", "4"], ["p001", "0.01", "4", "0.01", "8", "1", "2"],
         ["p002", "0.02", "2", "0.01", "4", "2", "4"], ["p003", "0.02", "4", "0.02", "8", "1", "2"],
         ["p004", "0.04", "2", "0.02", "4", "2", "4"], ["p005", "0.04", "4", "0.04", "8", "1", "2"]]
-    run_dir_format = f"{tmp_path}/runs/lrs/p%03d"
     for line in ("#SBATCH --array=0-5%2", "#SBATCH --job-name=lrs", "#SBATCH --gpus-per-node=2",
-                 "#SBATCH --requeue", "#SBATCH --signal=USR2@120", f"{tmp_path}/runs/lrs/logs/%A_%a_0_log.out",
-                 f'RUN_DIR="$(printf {run_dir_format} "$SLURM_ARRAY_TASK_ID")"',
+                 "#SBATCH --requeue", "#SBATCH --signal=USR2@120", f"#SBATCH --chdir={tmp_path}/runs/lrs/logs",
+                 f"#SBATCH --output={tmp_path}/runs/lrs/logs/%A_%a_0_log.out", f'RUN_DIR={tmp_path}/runs/lrs/p"$TASK"',
                  f'{sys.executable} -u -m jobs.launch "$RUN_DIR"'):
         assert line in out, line
     assert out.count("#SBATCH --array") == 1
