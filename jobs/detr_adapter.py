@@ -157,6 +157,19 @@ def grouped_losses(loss_dict: dict[str, torch.Tensor], rule: FamilyRule, config:
     return grouped
 
 
+_CLASS_HEADS = ("model.enc_score_head.weight", "class_embed.0.weight", "class_labels_classifier.weight")
+
+
+def num_classes_in(name: str, weights: dict[str, torch.Tensor]) -> int | None:
+    """Classes of ``name``'s weights, torchvision-style (object classes + 1); None without a class head."""
+    rule = FAMILIES[detr_arch(name).family]
+    for key in _CLASS_HEADS:
+        if key in weights:
+            rows = int(weights[key].shape[0])
+            return rows if rule.scoring == "softmax" else rows + 1  # softmax heads have a "no object" row
+    return None
+
+
 class DetrAdapter:
     """How orch's loop trains, evaluates and loads weights into a ``transformers`` detector."""
 

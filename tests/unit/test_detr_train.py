@@ -159,6 +159,14 @@ def test_a_tiny_rt_detr_run_trains_saves_its_ema_and_evaluates_12_numbers(tmp_pa
     assert state["ema"]["updates"] == 3
     key = "model.decoder.layers.0.self_attn.k_proj.weight"
     assert not torch.equal(state["ema"]["module"][key], state["model"][key])   # an average, not a copy
+    # `orch eval RUN`: the same model rebuilt from the run, with the EMA weights, the same 12 numbers
+    from jobs import predict
+
+    loaded = predict.load_model(run_dir, device="cpu")
+    assert loaded.num_classes == 4 and torch.equal(loaded.model.state_dict()[key], state["ema"]["module"][key])
+    data_cfg = loaded.config["data"]["val"]
+    result = predict.evaluate_checkpoint(loaded, data_cfg["ann_file"], data_cfg["img_dir"])
+    assert result["stats"] == pytest.approx(status["eval"]) and result["num_detections"] > 0
 
 
 def test_init_checkpoint_loads_before_training_and_never_on_resume(tmp_path, caplog):
