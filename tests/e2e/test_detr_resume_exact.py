@@ -78,3 +78,27 @@ def test_preempted_and_resumed_is_bitwise_identical_ema_included(reference, data
     ref_eval = [r for r in map(json.loads, open(os.path.join(reference, "metrics.jsonl"))) if r["type"] == "eval"]
     new_eval = [r for r in map(json.loads, open(os.path.join(run_dir, "metrics.jsonl"))) if r["type"] == "eval"]
     assert ref_eval == new_eval and len(ref_eval) == 2
+
+
+def test_tiny_dfine_trains_from_scratch_with_orch_submit_local(data_root, tmp_path, capsys):
+    from jobutil import TINY, data_overrides
+    from orchestrator import cli, submission
+    from orchestrator.detr_table import tiny_overrides
+
+    work_dir = str(tmp_path / "runs")
+    kwargs = yaml.safe_dump(tiny_overrides("dfine_s"), default_flow_style=True).strip()
+    overrides = [*TINY, *data_overrides(data_root), f"work_dir={work_dir}", "model.name=dfine_s",
+                 "model.min_size=128", "model.max_size=128", f"model.kwargs={kwargs}",
+                 "model.ema={decay: 0.99, warmup_iters: 5}", "optimizer.name=adamw", "optimizer.base_lr=0.0002",
+                 "optimizer.lr_scaling=none", "optimizer.clip_grad_norm=0.1", "schedule.lr_policy=constant",
+                 "schedule.max_iters=12", "schedule.eval_every_iters=12", "data.batch_per_gpu=2"]
+    assert cli.main(["submit", os.path.join(ROOT, "configs", "demo.yml"), "--executor", "local", "--gpus", "2",
+                     "--name", "dfine", *overrides]) == 0
+    assert "submitted run dfine as local job" in capsys.readouterr().out
+    run_dir = os.path.join(work_dir, "dfine")
+    wait_for(lambda: submission.run_status(run_dir)["state"] in ("COMPLETED", "FAILED"), 600, "the run to end")
+    status = read_status(run_dir)
+    assert status["state"] == "COMPLETED" and status["iteration"] == 12, status
+    assert len(status["eval"]) == 12
+    losses = [r["loss"] for r in map(json.loads, open(os.path.join(run_dir, "metrics.jsonl"))) if r["type"] == "train"]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
