@@ -169,13 +169,20 @@ def test_a_tiny_rt_detr_run_trains_saves_its_ema_and_evaluates_12_numbers(tmp_pa
     assert result["stats"] == pytest.approx(status["eval"]) and result["num_detections"] > 0
 
 
-def test_init_checkpoint_loads_before_training_and_never_on_resume(tmp_path, caplog):
+@pytest.mark.parametrize("form", ["state_dict", "hf_folder"])
+def test_init_checkpoint_loads_before_training_and_never_on_resume(tmp_path, caplog, form):
+    import shutil
+
     from jobs import detr_models
 
     # the same tiny architecture trained on 5 classes: the class heads are skipped, all else loaded
     source = detr_models.build_detr("rtdetr_v2_r18vd", 5, **tiny_overrides("rtdetr_v2_r18vd"))
-    init = str(tmp_path / "init.pth")
-    torch.save({"model": source.state_dict()}, init)
+    if form == "hf_folder":
+        init = str(tmp_path / "hf")
+        source.save_pretrained(init)   # config.json + model.safetensors
+    else:
+        init = str(tmp_path / "init.pth")
+        torch.save({"model": source.state_dict()}, init)
     job_log = logging.getLogger("orch.job")   # the run's log does not propagate to the root logger
     job_log.addHandler(caplog.handler)
     job_log.setLevel(logging.INFO)
@@ -195,7 +202,11 @@ def test_init_checkpoint_loads_before_training_and_never_on_resume(tmp_path, cap
     # exactly the class-dependent tensors: encoder and decoder class heads, the denoising embedding
     assert "enc_score_head" in skipped and "denoising_class_embed" in skipped and "class_embed.1" in skipped
     assert "bbox_embed" not in skipped and "missing (fresh init) none" in line
-    os.remove(init)   # a resumed run must not read it
+    # a resumed run must not read it
+    if form == "hf_folder":
+        shutil.rmtree(init)
+    else:
+        os.remove(init)
     from jobs.distributed import DistInfo
     from jobs.engine import Trainer
     from orchestrator import runs
