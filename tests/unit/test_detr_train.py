@@ -217,3 +217,24 @@ def test_init_checkpoint_loads_before_training_and_never_on_resume(tmp_path, cap
         assert again.iteration == 3 and again.ema.updates == 3
     finally:
         again.close()
+
+
+def test_ema_is_a_general_feature_a_torchvision_model_uses_too(tmp_path):
+    from jobs.distributed import DistInfo
+    from jobs.engine import Trainer
+    from orchestrator import runs
+
+    data_root = make_dataset(str(tmp_path / "data"), num_train=4, num_val=2)
+    run_dir = make_run(str(tmp_path / "runs"), "tv", data_root, gpus=1, extra=[
+        "data.num_workers=0", "schedule.max_iters=2", "schedule.eval_every_iters=2",
+        "model.ema={decay: 0.9, warmup_iters: 0}"])
+    trainer = Trainer(runs.read_plan(run_dir), DistInfo(0, 1, 0, torch.device("cpu"), None))
+    try:
+        trainer.resume_or_load()
+        assert trainer.train() == "COMPLETED"
+    finally:
+        trainer.close()
+    state = torch.load(os.path.join(run_dir, "checkpoints", "final.pth"), map_location="cpu", weights_only=True)
+    assert state["ema"]["updates"] == 2 and state["ema"]["module"].keys() == state["model"].keys()
+    key = next(k for k, v in state["model"].items() if v.dtype.is_floating_point and "head" in k)
+    assert not torch.equal(state["ema"]["module"][key], state["model"][key])
