@@ -46,9 +46,9 @@ class FamilyRule:
 FAMILIES: dict[str, FamilyRule] = {
     "rt_detr_v2": FamilyRule(square=True, normalize=False, scoring="sigmoid_topk"),
     "d_fine": FamilyRule(square=True, normalize=False, scoring="sigmoid_topk"),
-    # Deformable DETR's reference post-processor keeps the top 100 of queries x classes
+    # The Deformable and Conditional DETR reference post-processors keep the top 100 of queries x classes
     "deformable_detr": FamilyRule(False, True, "sigmoid_topk", top_k=100, losses_weighted=False),
-    "conditional_detr": FamilyRule(False, True, "sigmoid_topk", losses_weighted=False),
+    "conditional_detr": FamilyRule(False, True, "sigmoid_topk", top_k=100, losses_weighted=False),
     "detr": FamilyRule(False, True, "softmax", losses_weighted=False),
 }
 
