@@ -91,7 +91,7 @@ SSD_KWARGS: dict[str, Kwarg] = {
 class ModelSpec:
     """One detector. Only ``family`` and ``backbone`` are required, so a new kind of model (a
     transformer detector, a toolbox trainer) is one short entry; the defaults mean "no such option"."""
-    family: str                      # torchvision: faster_rcnn | retinanet | fcos | ssd; "detr": orchestrator/detr_table.py
+    family: str                      # faster_rcnn | retinanet | fcos | ssd (torchvision) | detr (detr_table)
     backbone: str                    # how backbone stages are frozen: resnet | mobilenet_fpn | ssd | none
     trainable_layers: tuple[int, ...] = ()  # the trainable_backbone_layers values that can be honoured
     default_trainable: int = 0       # torchvision's count for a pretrained model
