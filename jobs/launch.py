@@ -1,8 +1,9 @@
 """The per-node launcher: one per node (a SLURM task, or the local executor's process).
 
 It runs torchrun for this node's processes, passes preemption warnings on, and decides what
-happens when torchrun ends: done, failed (never requeued in a loop), or checkpointed after a
-warning → requeue (SLURM: ``scontrol requeue`` of this job; local: start torchrun again).
+happens when torchrun ends (:func:`decide`, a pure function of the exit code and the signals):
+done, failed (never requeued in a loop), or checkpointed after a warning → requeue (SLURM:
+``scontrol requeue`` of this job; local: start torchrun again).
 Torch-free: it only starts processes.
 """
 from __future__ import annotations
@@ -14,9 +15,11 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from types import FrameType
 
 from jobs import entry
+from jobs.preemption import EXIT_REQUEUE
 from orchestrator import procfs, runs, storage
 from orchestrator.errors import OrchError
 
@@ -243,7 +246,57 @@ def worker_pids(torchrun_pid: int) -> list[int]:
 
 
 def read_job_state(run_dir: str) -> dict:
-    return runs.read_json(storage.join(run_dir, runs.STATUS_FILE), default={}) or {}
+    """status.json for messages only ({} when unreadable): no decision depends on it."""
+    try:
+        state = runs.read_json(storage.join(run_dir, runs.STATUS_FILE), default={})
+    except (storage.StorageError, OSError, ValueError) as exc:
+        print(f"[orch launch] could not read the run's status.json ({exc}); deciding from the exit code", flush=True)
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+# ---------------------------------------------------------------- what to do when torchrun has ended
+
+DONE, REQUEUE, RESTART, FAIL = "done", "requeue", "restart", "fail"
+
+
+@dataclass(frozen=True)
+class Ended:
+    """What the launcher knows when this node's torchrun has ended: all that :func:`decide` reads."""
+    exit_code: int                 # torchrun's: 0 trained to the end, EXIT_REQUEUE checkpointed when asked to stop
+    signals: tuple[str, ...]       # signals this launcher received meanwhile (SIGUSR2, SIGTERM, ...)
+    restarts: int                  # requeues (SLURM) or restarts (local) of this job so far
+    max_requeues: int
+    scheduler: str                 # "slurm" or "local"
+    peer_failure: str | None = None   # another node failed and this node's workers were stopped (PeerWatch)
+    job_error: str | None = None      # status.json's error, when it could be read: words for the message only
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str                      # DONE, REQUEUE (SLURM), RESTART (torchrun again, here) or FAIL
+    message: str = ""
+
+
+def decide(ended: Ended, run_name: str) -> Action:
+    """The launcher's one decision, from exit code and signals alone (never from a file that may be unwritable)."""
+    resume = f"`orch resume {run_name}` continues from the last checkpoint"
+    warned = any(name in ("SIGUSR2", "SIGUSR1") for name in ended.signals)   # a preemption / time-limit warning
+    signals = ", ".join(ended.signals) or "a signal"
+    if ended.exit_code == 0:
+        return Action(DONE)
+    if ended.exit_code == EXIT_REQUEUE and warned:
+        if ended.restarts >= ended.max_requeues:
+            return Action(FAIL, f"preempted {ended.restarts + 1} times (resources.max_requeues={ended.max_requeues}); "
+                                f"not requeued again: {resume}")
+        return Action(REQUEUE if ended.scheduler == "slurm" else RESTART)
+    if ended.exit_code == EXIT_REQUEUE:
+        return Action(FAIL, f"stopped by {signals} after checkpointing; {resume}")
+    if ended.signals:
+        return Action(FAIL, f"stopped by {signals} (torchrun exit code {ended.exit_code}); {resume}")
+    if ended.peer_failure:
+        return Action(FAIL, f"{ended.peer_failure}; {resume}")
+    return Action(FAIL, f"training failed: {ended.job_error or f'torchrun exited with code {ended.exit_code}'}")
 
 
 def run_node(run_dir: str) -> str:
@@ -259,7 +312,8 @@ def run_node(run_dir: str) -> str:
         cmd = torchrun_command(run_dir, plan["gpus_per_node"], info)
         print(f"[orch launch] node {info['node_rank']}/{info['nodes']} ({socket.gethostname()}) job {info['job_id']} "
               f"restart {info['restarts'] + local_attempts}: {' '.join(cmd)}", flush=True)
-        relay.child = subprocess.Popen(cmd, env=worker_env(plan["gpus_per_node"]))
+        # ORCH_JOB_ID: status.json names the job that wrote it, so `orch status` tells this job's word from an earlier one's
+        relay.child = subprocess.Popen(cmd, env={**worker_env(plan["gpus_per_node"]), "ORCH_JOB_ID": str(info["job_id"])})
         record.update(state="RUNNING", restart=info["restarts"] + local_attempts, exit_code=None)
         next_heartbeat = time.monotonic() + NODE_HEARTBEAT_S
 
@@ -272,32 +326,25 @@ def run_node(run_dir: str) -> str:
                 watch.check(relay.child)
 
         code = _wait(relay.child, REDELIVER_S, tick)
-        state = read_job_state(run_dir).get("state")
-        record.update(state="EXITED", workers=0, exit_code=code, run_state=state)
-        print(f"[orch launch] torchrun exited with {code}; run state {state}", flush=True)
-        if state == "COMPLETED" and code == 0:
+        job = read_job_state(run_dir)
+        record.update(state="EXITED", workers=0, exit_code=code, run_state=job.get("state"))
+        print(f"[orch launch] torchrun exited with {code}; run state {job.get('state')}", flush=True)
+        action = decide(Ended(exit_code=code, signals=tuple(relay.received), restarts=info["restarts"] + local_attempts,
+                              max_requeues=resources["max_requeues"], scheduler=info["scheduler"],
+                              peer_failure=watch.reason, job_error=job.get("error")), doc["run_name"])
+        if action.kind == DONE:
             return "COMPLETED"
-        if state == "PREEMPTED" and relay.warned:
-            restarts = info["restarts"] + local_attempts
-            if restarts >= resources["max_requeues"]:
-                raise LaunchError(f"preempted {restarts + 1} times (resources.max_requeues={resources['max_requeues']}); "
-                                  f"not requeued again: `orch resume {doc['run_name']}` continues it")
-            if info["scheduler"] == "slurm":
-                if info["global_task"] == 0:
-                    # "<array>_<task>" in a job array: the task's plain id may be the array's own
-                    # id (the last task to start keeps it), and requeueing that requeues every task
-                    _requeue_slurm(info["job_id"])
-                return "REQUEUED"
+        if action.kind == REQUEUE:
+            if info["global_task"] == 0:
+                # "<array>_<task>" in a job array: the task's plain id may be the array's own
+                # id (the last task to start keeps it), and requeueing that requeues every task
+                _requeue_slurm(info["job_id"])
+            return "REQUEUED"
+        if action.kind == RESTART:
             local_attempts += 1
             relay.reset()
             continue
-        if state == "PREEMPTED" or relay.received:
-            raise LaunchError(f"stopped by {', '.join(relay.received) or 'a signal'} after checkpointing "
-                              f"(state {state}); `orch resume {doc['run_name']}` continues it")
-        if watch.reason:
-            raise LaunchError(f"{watch.reason}; `orch resume {doc['run_name']}` continues from the last checkpoint")
-        error = read_job_state(run_dir).get("error") or f"torchrun exited with code {code}"
-        raise LaunchError(f"training failed: {error}")
+        raise LaunchError(action.message)
 
 
 def _wait(child: subprocess.Popen, every_s: float, tick) -> int:

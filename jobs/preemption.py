@@ -34,6 +34,18 @@ class PreemptionFlag:
 _FLAG: PreemptionFlag | None = None
 
 
+def ignore_from_now_on() -> None:
+    """Once the loop is over, a late warning must not kill the exiting worker.
+
+    The launcher re-sends a warning every few seconds until torchrun ends, and Python's shutdown
+    puts its handlers back to the default action (terminate) while keeping SIG_IGN: a worker that
+    had checkpointed (exit code EXIT_REQUEUE) or finished would die by the signal instead, and the
+    launcher would see a failure where there was a requeue.
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def install() -> PreemptionFlag:
     """The process's one flag, with its handlers installed on the first call.
 

@@ -29,7 +29,8 @@ class RunLog:
         self.status_url = storage.join(run_dir, runs.STATUS_FILE)
         self._pending_metrics: list[str] = []
         self._status: dict[str, Any] = {"state": "RUNNING", "iteration": 0, "max_iters": max_iters,
-                                        "metrics": {}, "eval": {}, "latest_checkpoint": None}
+                                        "metrics": {}, "eval": {}, "latest_checkpoint": None,
+                                        "job_id": os.environ.get("ORCH_JOB_ID")}   # set by jobs.launch
         self._writer = None
         self._tb_local: str | None = None
         self._tty = sys.stderr.isatty()
@@ -117,6 +118,26 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def record_failure(run_dir: str, max_iters: int, message: str) -> None:
+    """The job's final word when it failed before its RunLog existed (rank 0; never raises).
+
+    status.json has one owner, this module: the failure keeps what an earlier attempt reported
+    (its iteration, metrics) and adds state FAILED and the error.
+    """
+    url = storage.join(run_dir, runs.STATUS_FILE)
+    try:
+        try:
+            status = runs.read_json(url, default={})
+        except ValueError:
+            status = {}
+        status = status if isinstance(status, dict) else {}
+        status.update(state="FAILED", error=message, max_iters=max_iters, updated_at=runs.now_iso(),
+                      job_id=os.environ.get("ORCH_JOB_ID"))
+        storage.write_text(url, json.dumps(status, indent=2, default=str) + "\n")
+    except (storage.StorageError, OSError) as exc:
+        log.error("could not record the failure in %s: %s", run_dir, exc)
 
 
 class Progress:

@@ -13,7 +13,7 @@ import signal
 import sys
 
 from jobs import entry, preemption
-from jobs.runlog import setup_console_logging
+from jobs.runlog import record_failure, setup_console_logging
 from orchestrator import runs, storage
 from orchestrator.errors import OrchError
 
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer.resume_or_load()
         state = trainer.train()
         log.info("run %s: %s at iteration %d", doc["run_name"], state, trainer.iteration)
-        return 0
+        # the launcher requeues on this exit code alone: status.json may be unwritable (object-store outage)
+        return preemption.EXIT_REQUEUE if state == "PREEMPTED" else 0
     except OrchError as exc:
         log.error("%s", exc)
         _mark_failed(trainer, doc, info, str(exc))
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         _mark_failed(trainer, doc, info, f"{type(exc).__name__}: {exc}")
         return 1
     finally:
+        preemption.ignore_from_now_on()   # the loop is over: nothing acts on a warning any more
         if trainer is not None:
             trainer.close()
         _stop_loader_workers()
@@ -90,13 +92,7 @@ def _mark_failed(trainer, doc: dict, info, message: str) -> None:
             trainer.runlog.flush()
         return
     if info.is_main:
-        try:
-            url = storage.join(doc["run_dir"], runs.STATUS_FILE)
-            status = runs.read_json(url, default={}) or {}
-            status.update(state="FAILED", error=message, max_iters=doc["plan"]["max_iters"])
-            runs.write_json(url, status)
-        except storage.StorageError as exc:
-            log.error("could not record the failure in %s: %s", doc["run_dir"], exc)
+        record_failure(doc["run_dir"], doc["plan"]["max_iters"], message)
 
 
 if __name__ == "__main__":

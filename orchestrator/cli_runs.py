@@ -140,7 +140,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def format_status(s: dict) -> str:
     pct = 100.0 * s["iteration"] / max(1, s["max_iters"])
     lines = [f"run        {s['run_name']}",
-             f"state      {s['state']}  (job {s['job_id']}, {s['executor']}, attempt {s['attempt']})",
+             f"state      {format_state(s)}  (job {s['job_id']}, {s['executor']}, attempt {s['attempt']})",
              f"progress   {s['iteration']}/{s['max_iters']} iterations ({pct:.1f}%)  eta {runs.format_eta(s['eta_s'])}"]
     if s.get("metrics"):
         lines.append("train      " + "  ".join(f"{k} {v:.4g}" for k, v in s["metrics"].items()))
@@ -149,13 +149,25 @@ def format_status(s: dict) -> str:
         lines.append("eval       " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     lines.append(f"checkpoint {s['latest_checkpoint'] or '-'}")
     if s.get("nodes"):
-        lines.append(f"nodes      {s['nodes']}")
+        lines.append(f"nodes      {', '.join(s['nodes'])}")
     for node in s.get("node_status") or []:
         lines.append(f"  node {node.get('node_rank')}   {format_node(node)}")
     if s.get("error"):
         lines.append(f"error      {s['error']}")
     lines.append(f"run dir    {s['run_dir']}")
     return "\n".join(lines)
+
+
+def format_state(s: dict) -> str:
+    """``PENDING (Resources: waiting for free nodes/GPUs)``; an unexplained reason verbatim; why LOST/UNKNOWN."""
+    if s.get("pending_reason"):
+        why = f"{s['pending_reason']}: {s['pending_explanation']}" if s.get("pending_explanation") else s["pending_reason"]
+        return f"{s['state']} ({why})"
+    if s["state"] == "LOST":
+        return "LOST (the scheduler no longer knows the job and it left no final word; `orch resume` restarts it)"
+    if s["state"] == "UNKNOWN" and s.get("scheduler_detail"):
+        return f"UNKNOWN (the scheduler did not answer: {s['scheduler_detail']})"
+    return s["state"]
 
 
 def format_node(node: dict) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -90,9 +91,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     for warning in sorted({w for p in prepared.points for w in p.plan.warnings}):
         print(f"warning: {warning}", file=sys.stderr)
     result = sweep.submit_sweep(prepared, config_file=loaded.path)
-    held = " (held: `scontrol release " + result["array_job_id"] + "` starts it)" if args.hold else ""
-    print(f"submitted sweep {result['name']}: {result['points']} points as SLURM job array "
-          f"{result['array_job_id']} (--array={result['array']}){held}")
+    ids = result["array_job_ids"]
+    held = f" (held: `scontrol release {' '.join(ids)}` starts {'it' if len(ids) == 1 else 'them'})" \
+        if args.hold else ""
+    print(f"submitted sweep {result['name']}: {result['points']} points as "
+          f"{arrays_text(prepared.arrays, ids, result['arrays'])}{held}")
     print(f"  sweep dir: {result['sweep_dir']}")
     print(f"  follow:    orch sweep status {result['sweep_dir']}   ·   "
           f"orch status {storage.join(result['sweep_dir'], prepared.points[0].name)}")
@@ -125,12 +128,21 @@ def _cmd_action(args: argparse.Namespace) -> int:
         raise OrchError("--json and --csv are for `orch sweep status`")
     result = sweep.resume_sweep(sweep_dir, args.max_parallel)
     was = ", ".join(f"{name} ({state})" for name, state in result["previous_states"].items())
-    print(f"resumed sweep {result['name']}: {len(result['points'])} point(s) as SLURM job array "
-          f"{result['array_job_id']} (--array={result['array']}): {was}")
+    print(f"resumed sweep {result['name']}: {len(result['points'])} point(s) as "
+          f"{arrays_text(None, result['array_job_ids'], result['arrays'])}: {was}")
     return 0
 
 
 # ---------------------------------------------------------------- text
+
+def arrays_text(arrays: list[sweep.ArrayPart] | None, ids: list[str], specs: list[str]) -> str:
+    """``SLURM job array 100 (--array=0-3%3)``, or each array of a sweep bigger than MaxArraySize."""
+    if len(ids) == 1:
+        return f"SLURM job array {ids[0]} (--array={specs[0]})"
+    parts = [f"{job_id} (--array={spec}" + (f", points from {part.offset}" if part else "") + ")"
+             for job_id, spec, part in zip(ids, specs, arrays or [None] * len(ids))]
+    return f"{len(ids)} SLURM job arrays {', '.join(parts)}"
+
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -165,17 +177,25 @@ def describe(prepared: sweep.PreparedSweep) -> str:
              else "no limit on running tasks")
     res = prepared.request
     partition = f", partition {res.partition}" if res.partition else ""
-    return (f"{what}\none job array of {n} task{'s' * (n != 1)} ({limit}); each point: {first.nodes} node(s) × "
+    arrays = f"one job array of {n} task{'s' * (n != 1)}" if len(prepared.arrays) == 1 else \
+        (f"{len(prepared.arrays)} job arrays of {', '.join(str(len(a.task_ids)) for a in prepared.arrays)} tasks "
+         "(the cluster's MaxArraySize), released together")
+    return (f"{what}\n{arrays} ({limit}); each point: {first.nodes} node(s) × "
             f"{first.gpus_per_node} GPU(s), time {res.time}{partition}")
 
 
 def dry_run_text(prepared: sweep.PreparedSweep) -> str:
-    script = get_executor(prepared.executor).array_script(prepared.request, [p.index for p in prepared.points],
-                                                         prepared.run_dir_format)
+    executor = get_executor(prepared.executor)
+    point_dir = storage.join(prepared.sweep_dir, sweep.point_format(len(prepared.points)))
+    scripts = []
+    for k, part in enumerate(prepared.arrays):
+        req = dataclasses.replace(prepared.request, array_size=len(part.task_ids), max_parallel=part.max_parallel)
+        script = executor.array_script(req, part.task_ids, prepared.run_dir_format, task_offset=part.offset)
+        what = (f"one job array; task i runs {point_dir} with i" if len(prepared.arrays) == 1 else
+                f"job array {k + 1} of {len(prepared.arrays)}; task i runs {point_dir} with {part.offset} + i")
+        scripts.append(f"# {prepared.executor} submission script ({what})\n\n{script}")
     return (f"sweep {prepared.name} → {prepared.sweep_dir}  (dry run: nothing submitted)\n"
-            f"{describe(prepared)}\n\n{format_points(prepared)}\n\n"
-            f"# {prepared.executor} submission script (one job array; task i runs "
-            f"{storage.join(prepared.sweep_dir, sweep.point_format(len(prepared.points)))} with i)\n\n{script}")
+            f"{describe(prepared)}\n\n{format_points(prepared)}\n\n" + "\n\n".join(scripts))
 
 
 def format_status(status: dict[str, Any]) -> str:

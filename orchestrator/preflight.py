@@ -164,8 +164,7 @@ def check_run(config: dict[str, Any], run_name: str) -> PreflightResult:
     """`orch submit --preflight`: the plan `submit` would write, checked by one real step."""
     from orchestrator import submission
 
-    prepared = submission.prepare(config, run_name)
-    submission.cheap_data_check(config)
+    prepared = submission.prepare(config, run_name)   # the same input and executor checks as a submit
     from orchestrator import storage
 
     return run(prepared.doc, storage.active())  # the options this command reached the data with

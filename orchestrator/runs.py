@@ -24,6 +24,7 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIRNAME = "checkpoints"
 CHECKPOINT_RE = re.compile(r"^iter_(\d{9})\.pth$")
 MARKER_SUFFIX = ".done"
+PLAN_KEYS = (("run_name", str), ("plan", dict), ("config", dict))   # what every reader of plan.json needs
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -157,7 +158,15 @@ def read_json(url: str, default: Any = None) -> Any:
 
 def read_plan(run_dir_or_plan: str) -> dict[str, Any]:
     url = run_dir_or_plan if run_dir_or_plan.endswith(".json") else storage.join(run_dir_or_plan, PLAN_FILE)
-    doc = read_json(url)
+    try:
+        doc = read_json(url)
+    except ValueError as exc:   # a truncated or hand-edited file: name it, never a traceback
+        raise OrchError(f"{url} is damaged: not valid JSON ({exc}). `orch submit` wrote it and the job reads it; "
+                        "restore it from a copy, or submit the run again under a new --name") from None
     if doc is None:
         raise OrchError(f"no plan at {url}: is this a run dir made by `orch submit`?")
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(key), kind) for key, kind in PLAN_KEYS):
+        expected = ", ".join(f"{key!r} ({kind.__name__})" for key, kind in PLAN_KEYS)
+        raise OrchError(f"{url} is damaged: expected a JSON object with {expected}. `orch submit` wrote it and "
+                        "the job reads it; restore it from a copy, or submit the run again under a new --name")
     return doc

@@ -1,6 +1,6 @@
 """Submit, resume, cancel and inspect runs: the flows behind `orch submit/status/logs/cancel/resume`.
 
-submit: config → plan → checks (data, executor) → run dir → executor.submit → submissions.json.
+submit: config → plan → checks (inputs, executor: partition limits) → run dir → executor.submit → submissions.json.
 Everything that can be wrong is checked before anything is submitted or written.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from orchestrator import planner, runs, storage
+from orchestrator import input_checks, planner, records, runs, storage
 from orchestrator.errors import OrchError
 from orchestrator.executors import Executor, JobRequest, get_executor
 from orchestrator.executors.base import ACTIVE_STATES
@@ -46,23 +46,6 @@ def job_request(doc: dict[str, Any], log_dir: str, **extra: Any) -> JobRequest:
         max_requeues=res["max_requeues"], **extra)
 
 
-def cheap_data_check(config: dict[str, Any]) -> None:
-    """JSON-level dataset checks (no image reads) so a broken dataset fails in seconds, not on the cluster."""
-    try:
-        from orchestrator.datatools import check_dataset
-    except ImportError:
-        return
-    for split in ("train", "val"):
-        entry = config["data"][split]
-        if not entry.get("ann_file"):
-            continue
-        report = check_dataset(entry["ann_file"], entry.get("img_dir") or "", read_images=False)
-        if not report.ok:
-            problems = "; ".join(f"{f.count} × {f.description}" for f in report.errors)
-            raise OrchError(f"data.{split}.ann_file {entry['ann_file']} would break training: {problems}. Run `orch data check {entry['ann_file']} "
-                            f"--images {entry.get('img_dir')}` for details, or `--fix OUT.json` for a cleaned copy.")
-
-
 @dataclass
 class Prepared:
     doc: dict[str, Any]
@@ -80,9 +63,9 @@ def prepare(config: dict[str, Any], run_name: str, executor_name: str | None = N
     run_dir = storage.join(config["work_dir"], runs.check_run_name(run_name))
     doc = runs.plan_document(run_name, run_dir, plan, config)
     request = job_request(doc, log_dir_for(run_dir, run_name))  # validates every sbatch-bound value
-    cheap_data_check(config)
+    input_checks.check_inputs(config)
     executor = get_executor(executor_name or config["resources"]["executor"])
-    executor.check(request)
+    executor.check(request)   # the local node limit; SLURM: the request against the partition (slurm_limits)
     return Prepared(doc, plan, request, executor)
 
 
@@ -95,16 +78,9 @@ def submit(config: dict[str, Any], run_name: str, executor_name: str) -> dict[st
     except Exception:
         storage.remove(doc["run_dir"], recursive=True)  # we just made it: leave nothing behind
         raise
-    record = {"run_name": run_name, "run_dir": doc["run_dir"], "attempts": []}
-    _append_attempt(record, submitted.job_id, executor_name, submitted.log_dir, "submit")
-    runs.write_json(storage.join(doc["run_dir"], runs.SUBMISSIONS_FILE), record)
+    records.start(doc["run_dir"], run_name, submitted.job_id, executor_name, submitted.log_dir, "submit")
     return {"run_name": run_name, "run_dir": doc["run_dir"], "job_id": submitted.job_id,
             "executor": executor_name, "log_dir": submitted.log_dir, "plan": prepared.plan}
-
-
-def _append_attempt(record: dict[str, Any], job_id: str, executor: str, log_dir: str, kind: str) -> None:
-    record["attempts"].append({"attempt": len(record["attempts"]) + 1, "job_id": job_id, "executor": executor,
-                               "log_dir": log_dir, "kind": kind, "submitted_at": runs.now_iso()})
 
 
 # ---------------------------------------------------------------- finding runs
@@ -134,19 +110,19 @@ def list_runs(work_dir: str) -> list[dict[str, Any]]:
 
 def run_status(run_dir: str, scheduler: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's state and progress; ``scheduler`` (the executor's status of its last job) saves
-    asking the executor again when the caller already has it (a sweep asks once for all points)."""
+    asking the executor again when the caller already has it (a sweep asks once for all points).
+    Reads only: nothing in the run dir is written."""
     doc = runs.read_plan(run_dir)
-    record = runs.read_json(storage.join(run_dir, runs.SUBMISSIONS_FILE), default={"attempts": []})
-    job = runs.read_json(storage.join(run_dir, runs.STATUS_FILE), default={}) or {}
-    attempts = record.get("attempts") or []
+    attempts = records.read(run_dir)["attempts"]
+    job = read_job_status(run_dir)
     last = attempts[-1] if attempts else None
     if scheduler is None:
         scheduler = {"state": "UNKNOWN", "restarts": 0}
         if last:
             scheduler = get_executor(last["executor"]).status(last["job_id"])
-    state = combine_states(scheduler["state"], job.get("state"), bool(last and last.get("cancelled_at")))
-    if last and last.get("state") != state:
-        _record_state(run_dir, record, state)
+    state = combine_states(scheduler["state"], job_word(job, last), bool(last and last.get("cancelled_at")))
+    waiting = state in ACTIVE_STATES and state != "RUNNING"
+    nodes_seen = node_status(run_dir, last["job_id"] if last else None)
     return {
         "run_name": doc["run_name"], "run_dir": run_dir, "state": state,
         "job_id": last["job_id"] if last else None, "executor": last["executor"] if last else None,
@@ -155,9 +131,14 @@ def run_status(run_dir: str, scheduler: dict[str, Any] | None = None) -> dict[st
         "epoch": job.get("epoch"), "eta_s": job.get("eta_s") if state == "RUNNING" else None,
         "latest_checkpoint": runs.latest_checkpoint(run_dir), "metrics": job.get("metrics") or {},
         "eval": job.get("eval") or {}, "best_bbox_mAP": job.get("best_bbox_mAP"),
-        "nodes": scheduler.get("nodes"), "error": job.get("error"), "updated_at": job.get("updated_at"),
+        # hosts of the current job: the scheduler's allocation, else those its launchers reported
+        "nodes": list(scheduler.get("nodes") or []) or [n["hostname"] for n in nodes_seen if n.get("hostname")],
+        "error": job.get("error"), "updated_at": job.get("updated_at"),
         "log_dir": last["log_dir"] if last else None,
-        "node_status": node_status(run_dir, last["job_id"] if last else None),
+        "node_status": nodes_seen,
+        "pending_reason": scheduler.get("reason") if waiting else None,
+        "pending_explanation": scheduler.get("explanation") if waiting else None,
+        "scheduler_detail": scheduler.get("detail"),
     }
 
 
@@ -175,7 +156,10 @@ def node_status(run_dir: str, job_id: str | None, now: dt.datetime | None = None
     for name in storage.listdir(nodes_dir):
         if not NODE_RECORD_RE.match(name):
             continue
-        record = runs.read_json(storage.join(nodes_dir, name), default=None)
+        try:
+            record = runs.read_json(storage.join(nodes_dir, name), default=None)
+        except ValueError:
+            continue   # a courtesy file caught mid-write on a store without atomic writes: skip it
         if not isinstance(record, dict) or str(record.get("job_id")) != str(job_id):
             continue   # a previous job's record (resume): not this attempt's node
         try:
@@ -188,46 +172,82 @@ def node_status(run_dir: str, job_id: str | None, now: dt.datetime | None = None
     return sorted(out, key=lambda r: int(r.get("node_rank") or 0))
 
 
-def _record_state(run_dir: str, record: dict[str, Any], state: str) -> None:
-    """Keep the submission record's state of the current attempt up to date (best effort)."""
-    attempt = record["attempts"][-1]
-    attempt["state"] = state
-    attempt["state_seen_at"] = runs.now_iso()
+def read_job_status(run_dir: str) -> dict[str, Any]:
+    """status.json, what the job's rank 0 last said ({} before it started); damaged: an OrchError."""
+    url = storage.join(run_dir, runs.STATUS_FILE)
     try:
-        runs.write_json(storage.join(run_dir, runs.SUBMISSIONS_FILE), record)
-    except (storage.StorageError, OSError):
-        pass  # a read-only view of someone else's run still shows its status
+        job = runs.read_json(url, default={})
+    except ValueError as exc:
+        raise OrchError(f"{url} is damaged: not valid JSON ({exc}). The training job rewrites it as it runs; "
+                        "delete it to see the scheduler's view of the run") from None
+    if job is not None and not isinstance(job, dict):
+        raise OrchError(f"{url} is damaged: expected a JSON object, found {type(job).__name__}. The training job "
+                        "rewrites it as it runs; delete it to see the scheduler's view of the run")
+    return job or {}
+
+
+def job_word(job: dict[str, Any], last: dict[str, Any] | None) -> str | None:
+    """status.json's state if the current attempt's job wrote it; None if an earlier attempt's job did.
+
+    A COMPLETED run is never resumed, so its COMPLETED always stands. Files written before jobs
+    named themselves (no ``job_id``) are taken at their word.
+    """
+    word = job.get("state")
+    written_by = job.get("job_id")
+    if word != "COMPLETED" and last and written_by and str(written_by) != str(last["job_id"]):
+        return None
+    return word
 
 
 def combine_states(scheduler_state: str, job_state: str | None, cancelled: bool) -> str:
-    """One SLURM-vocabulary state from what the scheduler and the job itself report."""
+    """One SLURM-vocabulary state from what the scheduler and the job itself (status.json) report.
+
+    ``scheduler_state``: a SLURM state, ``ENDED`` (local: the process is gone), ``UNKNOWN`` (the
+    scheduler, and its accounting where there is one, does not know the job) or ``UNREACHABLE``
+    (it did not answer). ``job_state``: None (nothing written yet), RUNNING, PREEMPTED, COMPLETED
+    or FAILED. ``cancelled``: `orch cancel` stopped the current attempt. Read top to bottom:
+    """
     if scheduler_state in ACTIVE_STATES:
-        return "CANCELLED" if cancelled and scheduler_state == "RUNNING" and job_state == "PREEMPTED" \
-            else scheduler_state
+        # after `orch cancel` the job checkpoints on its way out while SLURM still says RUNNING
+        winding_down = cancelled and job_state == "PREEMPTED" and scheduler_state in ("RUNNING", "COMPLETING")
+        return "CANCELLED" if winding_down else scheduler_state
+    if job_state == "COMPLETED":
+        return "COMPLETED"      # the job's own last word, whatever became of its allocation
+    if scheduler_state == "UNREACHABLE":
+        return "UNKNOWN"        # cannot tell: it may be queued or running
     if cancelled:
-        return "COMPLETED" if job_state == "COMPLETED" else "CANCELLED"
-    if scheduler_state in ("FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY"):
-        return "COMPLETED" if job_state == "COMPLETED" else scheduler_state
-    # the scheduler says COMPLETED, ENDED (local) or has forgotten the job: the job's own word decides
-    if job_state in ("COMPLETED", "FAILED", "PREEMPTED"):
-        return job_state
-    if job_state == "RUNNING":
-        return "FAILED"  # it stopped without saying why (killed)
-    return "PENDING" if scheduler_state == "UNKNOWN" and job_state is None else "FAILED"
+        return "CANCELLED"
+    if scheduler_state in ("COMPLETED", "ENDED"):
+        # the allocation ended: the job's word decides; without one it stopped unexplained (killed, or
+        # it never got as far as writing): a failure, which the logs explain
+        return job_state if job_state in ("FAILED", "PREEMPTED") else "FAILED"
+    if scheduler_state == "UNKNOWN":
+        # forgotten by the scheduler: a final word stands; none, or a RUNNING that never ended, is LOST
+        return job_state if job_state in ("FAILED", "PREEMPTED") else "LOST"
+    return scheduler_state      # FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, OUT_OF_MEMORY, ...
 
 
 # ---------------------------------------------------------------- cancel and resume
 
 def cancel(run_dir: str) -> dict[str, Any]:
     status = run_status(run_dir)
+    if status["state"] == "UNKNOWN":
+        raise OrchError(unreachable_message(status, "cancel it"))
+    if status["state"] == "LOST":
+        raise OrchError(f"run {status['run_name']} is LOST: the scheduler no longer knows job {status['job_id']} and "
+                        "the job left no final word, so there is nothing to cancel; `orch resume "
+                        f"{status['run_name']}` starts it again from its latest checkpoint")
     if status["state"] not in ACTIVE_STATES:
         raise OrchError(f"run {status['run_name']} is {status['state']}, not queued or running: nothing to cancel")
     get_executor(status["executor"]).cancel(status["job_id"])
-    url = storage.join(run_dir, runs.SUBMISSIONS_FILE)
-    record = runs.read_json(url)
-    record["attempts"][-1]["cancelled_at"] = runs.now_iso()
-    runs.write_json(url, record)
+    records.mark_cancelled(run_dir)
     return status
+
+
+def unreachable_message(status: dict[str, Any], what: str) -> str:
+    return (f"cannot tell whether job {status['job_id']} of run {status['run_name']} is still queued or running: the "
+            f"scheduler did not answer ({status.get('scheduler_detail') or 'no reply'}); try again once it answers "
+            f"(`scontrol ping`), then {what}")
 
 
 @contextlib.contextmanager
@@ -263,16 +283,15 @@ def resume(run_dir: str, executor_name: str | None = None) -> dict[str, Any]:
                             "it resumes by itself — `orch cancel` it first to resubmit")
         if status["state"] == "COMPLETED":
             raise OrchError(f"run {status['run_name']} is already COMPLETED")
+        if status["state"] == "UNKNOWN":
+            raise OrchError(unreachable_message(status, "resume it"))
         doc = runs.read_plan(run_dir)
         name = executor_name or status["executor"] or doc["config"]["resources"]["executor"]
         executor, request = get_executor(name), job_request(doc, log_dir_for(run_dir, doc["run_name"]))
         executor.check(request)
         with storage.secrets_in_env(job_storage_options(doc, run_dir)):
             submitted = executor.submit(request)
-        url = storage.join(run_dir, runs.SUBMISSIONS_FILE)
-        record = runs.read_json(url, default={"run_name": doc["run_name"], "run_dir": run_dir, "attempts": []})
-        _append_attempt(record, submitted.job_id, name, submitted.log_dir, "resume")
-        runs.write_json(url, record)
+        records.append_attempt(run_dir, doc["run_name"], submitted.job_id, name, submitted.log_dir, "resume")
         return {"run_name": doc["run_name"], "job_id": submitted.job_id, "executor": name,
                 "from_checkpoint": status["latest_checkpoint"], "previous_state": status["state"]}
 
@@ -281,10 +300,9 @@ def resume(run_dir: str, executor_name: str | None = None) -> dict[str, Any]:
 
 def log_files(run_dir: str) -> list[tuple[str, str]]:
     """(label, path) of every node's log of the current attempt, node order."""
-    record = runs.read_json(storage.join(run_dir, runs.SUBMISSIONS_FILE), default={"attempts": []})
-    if not record.get("attempts"):
+    last = records.last_attempt(run_dir)
+    if last is None:
         return []
-    last = record["attempts"][-1]
     log_dir, job_id = last["log_dir"], last["job_id"]
     if not os.path.isdir(log_dir):
         return []

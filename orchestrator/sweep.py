@@ -1,4 +1,4 @@
-"""Sweeps: grid or random points → one normal run per point → ONE SLURM job array.
+"""Sweeps: grid or random points → one normal run per point → ONE SLURM job array (several past MaxArraySize).
 
     <work_dir>/<sweep>/sweep.json    parameters, points, array job ids, submissions
     <work_dir>/<sweep>/p000/ ...     normal run dirs (runs.create_run_dir): status, logs, resume work on each
@@ -27,9 +27,9 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from orchestrator import config as config_mod
-from orchestrator import planner, runs, storage, submission
+from orchestrator import input_checks, planner, records, runs, slurm_limits, storage, submission
 from orchestrator.errors import OrchError
-from orchestrator.executors import JobRequest, Submitted, get_executor
+from orchestrator.executors import Executor, JobRequest, Submitted, get_executor
 from orchestrator.executors.base import ACTIVE_STATES
 
 SWEEP_FILE = "sweep.json"
@@ -171,6 +171,52 @@ def point_format(count: int) -> str:
     return f"p%0{max(3, len(str(count - 1)))}d"
 
 
+@dataclass(frozen=True)
+class ArrayPart:
+    """One job array of a sweep: task t runs point ``offset + t``."""
+    offset: int
+    task_ids: list[int]               # SLURM task ids, each < MaxArraySize
+    max_parallel: int | None          # this array's share of --max-parallel
+
+    @property
+    def point_indices(self) -> list[int]:
+        return [self.offset + task for task in self.task_ids]
+
+
+def split_arrays(indices: Iterable[int], max_array_size: int, max_parallel: int | None = None) -> list[ArrayPart]:
+    """Point indices → as few job arrays as SLURM's MaxArraySize allows (task ids < max_array_size).
+
+    Point i goes to the array whose offset is i rounded down to a multiple of max_array_size, as task
+    ``i - offset``: a sweep that fits in one array keeps task i = point i, and point dirs stay p0000….
+    --max-parallel K is shared out so that at most K tasks run across all arrays together.
+    """
+    groups: dict[int, list[int]] = {}
+    for index in sorted(set(indices)):
+        offset = index // max_array_size * max_array_size
+        groups.setdefault(offset, []).append(index - offset)
+    if max_parallel is not None and max_parallel < len(groups):
+        raise SweepError(f"--max-parallel {max_parallel} is less than the {len(groups)} job arrays these "
+                         f"{sum(map(len, groups.values()))} points need (this cluster's MaxArraySize is "
+                         f"{max_array_size}); use --max-parallel {len(groups)} or more")
+    shares = _share(max_parallel, [len(ids) for ids in groups.values()])
+    return [ArrayPart(offset, ids, share) for (offset, ids), share in zip(groups.items(), shares)]
+
+
+def _share(total: int | None, sizes: list[int]) -> list[int | None]:
+    """Split ``total`` running slots over arrays of ``sizes`` tasks: at least one each, the rest to the
+    array with the most tasks per slot, never more slots than tasks."""
+    if total is None:
+        return [None] * len(sizes)
+    shares = [1] * len(sizes)
+    for _ in range(total - len(sizes)):
+        open_parts = [k for k, size in enumerate(sizes) if shares[k] < size]
+        if not open_parts:
+            break
+        k = max(open_parts, key=lambda k: sizes[k] / shares[k])
+        shares[k] += 1
+    return shares
+
+
 def show_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
@@ -204,10 +250,11 @@ class PreparedSweep:
     points: list[Point]
     request: JobRequest           # the array's resources, shared by every point
     max_parallel: int | None
+    arrays: list[ArrayPart]       # one unless the sweep is bigger than MaxArraySize
 
     @property
     def run_dir_format(self) -> str:
-        """Where array task i finds its run dir: ``run_dir_format % i`` (printf in the sbatch script)."""
+        """Where point i finds its run dir: ``run_dir_format % i`` (printf in the sbatch script)."""
         return storage.join(self.sweep_dir.replace("%", "%%"), point_format(len(self.points)))
 
     @property
@@ -243,6 +290,10 @@ def _check_shared_resources(points: list[Point]) -> None:
                     f"all points of a sweep run as one job array with the same resources, but {points[0].name} "
                     f"needs {label} = {first[key]} and {point.name} ({_params_text(point.params)}) needs "
                     f"{mine[key]}; sweep the keys that change {label} in separate sweeps")
+
+
+def _swept_input(point: Point) -> bool:
+    return any(key.startswith(("data.train", "data.val", "model.init_checkpoint")) for key in point.params)
 
 
 def _params_text(params: dict[str, Any]) -> str:
@@ -289,9 +340,30 @@ def prepare_sweep(base: dict[str, Any], specs: list[ParamSpec], name: str, rando
     doc = {"run_name": name, "run_dir": sweep_dir, "plan": points[0].plan.to_dict(), "config": points[0].config}
     request = submission.job_request(doc, submission.log_dir_for(sweep_dir, name), array_size=len(points),
                                      max_parallel=max_parallel, extra={"hold": True} if hold else {})
+    check_inputs(points)
     get_executor(points[0].config["resources"]["executor"]).check(request)  # as a submit would
+    limits = slurm_limits.array_limits()
+    slurm_limits.check_array_size(len(points), limits)
+    arrays = split_arrays([p.index for p in points], limits.max_array_size, max_parallel)
     return PreparedSweep(name, sweep_dir, "random" if random_count is not None else "grid",
-                         seed if random_count is not None else None, specs, points, request, max_parallel)
+                         seed if random_count is not None else None, specs, points, request, max_parallel, arrays)
+
+
+def check_inputs(points: list[Point]) -> None:
+    """The inputs every point reads exist (submission's checks), once per distinct data and weights."""
+    checked: set[str] = set()
+    for point in points:
+        config = point.config
+        key = json.dumps([config["data"]["train"], config["data"]["val"], config["model"].get("init_checkpoint")],
+                         sort_keys=True, default=str)
+        if key not in checked:
+            try:
+                input_checks.check_inputs(config)
+            except OrchError as exc:
+                if not _swept_input(point):
+                    raise   # the data every point shares: the message names the key already
+                raise SweepError(f"point {point.name} ({_params_text(point.params)}): {exc}") from None
+            checked.add(key)
 
 
 # ---------------------------------------------------------------- submitting
@@ -315,23 +387,24 @@ def sweep_document(prepared: PreparedSweep, config_file: str | None) -> dict[str
 
 def _write_attempt(run_dir: str, run_name: str, job_id: str, submitted: Submitted, kind: str) -> None:
     """Append attempt ``job_id`` (``<array>_<i>``) to the point's submissions.json, as `orch submit` does."""
-    url = storage.join(run_dir, runs.SUBMISSIONS_FILE)
-    fresh = kind == "sweep"  # the run dir was just made: nothing to read
-    record = (None if fresh else runs.read_json(url, default=None)) or \
-        {"run_name": run_name, "run_dir": run_dir, "attempts": []}
-    submission._append_attempt(record, job_id, submitted.executor, submitted.log_dir, kind)
-    runs.write_json(url, record)
+    if kind == "sweep":  # the run dir was just made: nothing to read
+        records.start(run_dir, run_name, job_id, submitted.executor, submitted.log_dir, kind)
+    else:
+        records.append_attempt(run_dir, run_name, job_id, submitted.executor, submitted.log_dir, kind)
 
 
-def _record_array(sweep_dir: str, doc: dict[str, Any], submitted: Submitted, task_ids: list[int], kind: str,
-                  max_parallel: int | None) -> dict[str, Any]:
-    entry = {"array_job_id": submitted.job_id, "array": _array_text(task_ids, max_parallel), "kind": kind,
-             "task_ids": task_ids, "executor": submitted.executor, "log_dir": submitted.log_dir,
-             "submitted_at": runs.now_iso()}
-    doc["array_job_ids"].append(submitted.job_id)
-    doc["submissions"].append(entry)
+def _record_arrays(sweep_dir: str, doc: dict[str, Any], submitted: list[tuple[ArrayPart, Submitted]],
+                   kind: str) -> list[dict[str, Any]]:
+    """Add every array of one submission to sweep.json (written once)."""
+    entries = []
+    for part, job in submitted:
+        entries.append({"array_job_id": job.job_id, "array": _array_text(part.task_ids, part.max_parallel),
+                        "kind": kind, "task_ids": part.task_ids, "task_offset": part.offset,
+                        "executor": job.executor, "log_dir": job.log_dir, "submitted_at": runs.now_iso()})
+        doc["array_job_ids"].append(job.job_id)
+    doc["submissions"].extend(entries)
     runs.write_json(storage.join(sweep_dir, SWEEP_FILE), doc)
-    return entry
+    return entries
 
 
 def _array_text(task_ids: list[int], max_parallel: int | None) -> str:
@@ -339,48 +412,69 @@ def _array_text(task_ids: list[int], max_parallel: int | None) -> str:
     return format_array(task_ids, max_parallel)
 
 
+def submit_arrays(executor: Executor, request: JobRequest, arrays: list[ArrayPart],
+                  run_dir_format: str) -> list[tuple[ArrayPart, Submitted]]:
+    """Submit every array held (started later by one release each); one refused cancels those already in."""
+    submitted: list[tuple[ArrayPart, Submitted]] = []
+    try:
+        for part in arrays:
+            req = dataclasses.replace(request, array_size=len(part.task_ids), max_parallel=part.max_parallel,
+                                      extra={**request.extra, "hold": True})
+            submitted.append((part, executor.submit_array(req, part.task_ids, run_dir_format,
+                                                          task_offset=part.offset)))
+    except BaseException:
+        cancel_arrays(executor, submitted)
+        raise
+    return submitted
+
+
+def cancel_arrays(executor: Executor, submitted: list[tuple[ArrayPart, Submitted]]) -> None:
+    for _, job in submitted:
+        with contextlib.suppress(Exception):
+            executor.cancel(job.job_id)
+
+
+def _job_ids(submitted: list[tuple[ArrayPart, Submitted]]) -> dict[int, tuple[str, Submitted]]:
+    """point index → (its job id ``<array>_<task>``, its array's submission)."""
+    return {part.offset + task: (f"{job.job_id}_{task}", job) for part, job in submitted for task in part.task_ids}
+
+
 def submit_sweep(prepared: PreparedSweep, config_file: str | None = None) -> dict[str, Any]:
-    """Submit ONE job array over all points, held until every point's run dir and record exist."""
+    """Submit the sweep's job array(s) held, write every point's run dir and record, then release them all."""
     sweep_dir = prepared.sweep_dir
     if storage.exists(storage.join(sweep_dir, SWEEP_FILE)):
         raise SweepError(f"sweep {sweep_dir} already exists; pick another --name or `orch sweep resume {sweep_dir}`")
-    checked: set[str] = set()
-    for point in prepared.points:  # the cheap JSON check, once per distinct dataset
-        data_key = json.dumps([point.config["data"]["train"], point.config["data"]["val"]], sort_keys=True)
-        if data_key not in checked:
-            submission.cheap_data_check(point.config)
-            checked.add(data_key)
     executor = get_executor(prepared.executor)
     doc = sweep_document(prepared, config_file)
-    task_ids = [p.index for p in prepared.points]
     # Submitting first (held) gives the job ids, so each point's run dir and submissions.json are
     # written in one parallel pass; no task starts before the whole sweep is on disk.
-    held = dataclasses.replace(prepared.request, extra={**prepared.request.extra, "hold": True})
-    submitted: Submitted | None = None
+    submitted: list[tuple[ArrayPart, Submitted]] = []
 
     def write_point(point: Point) -> None:
         made = runs.create_run_dir(sweep_dir, point.name, point.plan, point.config,
                                    sweep=point.sweep_record(prepared.name))
-        _write_attempt(made["run_dir"], point.name, f"{submitted.job_id}_{point.index}", submitted, "sweep")
+        job_id, job = job_ids[point.index]
+        _write_attempt(made["run_dir"], point.name, job_id, job, "sweep")
 
     storage.makedirs(sweep_dir)
     try:
         runs.write_json(storage.join(sweep_dir, SWEEP_FILE), doc)
-        with storage.secrets_in_env(storage.active()):  # handed to the array's tasks as `orch submit` does
-            submitted = executor.submit_array(held, task_ids, prepared.run_dir_format)
-        with storage.one_sync(sweep_dir):  # on disk before the array is released
+        with storage.secrets_in_env(storage.active()):  # handed to the arrays' tasks as `orch submit` does
+            submitted = submit_arrays(executor, prepared.request, prepared.arrays, prepared.run_dir_format)
+        job_ids = _job_ids(submitted)
+        with storage.one_sync(sweep_dir):  # on disk before the arrays are released
             _parallel(write_point, prepared.points)
-        entry = _record_array(sweep_dir, doc, submitted, task_ids, "sweep", prepared.max_parallel)
+        entries = _record_arrays(sweep_dir, doc, submitted, "sweep")
         if not prepared.request.extra.get("hold"):
-            executor.release(submitted.job_id)
+            for _, job in submitted:
+                executor.release(job.job_id)
     except BaseException:
-        if submitted is not None:
-            with contextlib.suppress(Exception):
-                executor.cancel(submitted.job_id)
+        cancel_arrays(executor, submitted)
         storage.remove(sweep_dir, recursive=True)  # we just made it: leave nothing behind
         raise
-    return {"name": prepared.name, "sweep_dir": sweep_dir, "array_job_id": submitted.job_id,
-            "array": entry["array"], "points": len(prepared.points), "log_dir": submitted.log_dir}
+    return {"name": prepared.name, "sweep_dir": sweep_dir, "array_job_ids": [job.job_id for _, job in submitted],
+            "arrays": [entry["array"] for entry in entries], "points": len(prepared.points),
+            "log_dir": submitted[0][1].log_dir}
 
 
 # ---------------------------------------------------------------- status and resume
@@ -398,16 +492,22 @@ def find_sweep(ref: str, work_dir: str | None = None) -> str:
 
 
 def read_sweep(sweep_dir: str) -> dict[str, Any]:
-    doc = runs.read_json(storage.join(sweep_dir, SWEEP_FILE))
+    url = storage.join(sweep_dir, SWEEP_FILE)
+    try:
+        doc = runs.read_json(url)
+    except ValueError as exc:   # truncated or hand-edited: name the file, never a traceback
+        raise SweepError(f"{url} is damaged: not valid JSON ({exc}). `orch sweep` wrote it; restore it from a copy "
+                         "(each point's run dir still works with `orch status`/`orch resume`)") from None
     if doc is None:
         raise SweepError(f"no {SWEEP_FILE} in {sweep_dir}: is this a sweep dir made by `orch sweep`?")
+    if not isinstance(doc, dict) or not isinstance(doc.get("points"), list):
+        raise SweepError(f"{url} is damaged: expected a JSON object with a 'points' list. `orch sweep` wrote it; "
+                         "restore it from a copy")
     return doc
 
 
 def _last_attempt(run_dir: str) -> dict[str, Any] | None:
-    record = runs.read_json(storage.join(run_dir, runs.SUBMISSIONS_FILE), default=None) or {}
-    attempts = record.get("attempts") or []
-    return attempts[-1] if attempts else None
+    return records.last_attempt(run_dir)
 
 
 def _array_task(attempt: dict[str, Any] | None) -> tuple[str, int] | None:
@@ -455,31 +555,42 @@ def sweep_status(sweep_dir: str) -> dict[str, Any]:
 
 
 def resume_sweep(sweep_dir: str, max_parallel: int | None = None) -> dict[str, Any]:
-    """Resubmit, as one new array over just their indices, the points that are not completed."""
+    """Resubmit, as new array(s) over just their indices, the points that are not completed."""
     with submission.run_lock(sweep_dir):
         doc = read_sweep(sweep_dir)
         status = sweep_status(sweep_dir)
         todo = sorted(r["index"] for r in status["points"]
-                      if r["state"] != "COMPLETED" and r["state"] not in ACTIVE_STATES)
+                      if r["state"] not in ("COMPLETED", "UNKNOWN") and r["state"] not in ACTIVE_STATES)
         if not todo:
             counts = ", ".join(f"{n} {state}" for state, n in sorted(status["counts"].items()))
             raise SweepError(f"nothing to resume in sweep {doc['name']} ({counts}): every point is completed, "
-                             "queued or running")
+                             "queued, running or UNKNOWN (the scheduler did not answer: try again)")
         first_dir = storage.join(sweep_dir, doc["points"][todo[0]]["name"])
         first = runs.read_plan(first_dir)
         max_parallel = max_parallel if max_parallel is not None else doc.get("max_parallel")
         if max_parallel is not None and max_parallel < 1:
             raise SweepError(f"--max-parallel {max_parallel} must be at least 1")
+        arrays = split_arrays(todo, slurm_limits.array_limits().max_array_size, max_parallel)
         array_doc = {"run_name": doc["name"], "run_dir": sweep_dir, "plan": first["plan"], "config": first["config"]}
         request = submission.job_request(array_doc, submission.log_dir_for(sweep_dir, doc["name"]),
                                          array_size=len(todo), max_parallel=max_parallel)
         fmt = storage.join(sweep_dir.replace("%", "%%"), doc["point_format"])
+        executor = get_executor(first["config"]["resources"]["executor"])
         with storage.secrets_in_env(submission.job_storage_options(first, first_dir)):
-            submitted = get_executor(first["config"]["resources"]["executor"]).submit_array(request, todo, fmt)
-        _parallel(lambda i: _write_attempt(storage.join(sweep_dir, doc["points"][i]["name"]), doc["points"][i]["name"],
-                                           f"{submitted.job_id}_{i}", submitted, "sweep-resume"), todo)
-        entry = _record_array(sweep_dir, doc, submitted, todo, "sweep-resume", max_parallel)
+            submitted = submit_arrays(executor, request, arrays, fmt)
+        try:
+            job_ids = _job_ids(submitted)
+            _parallel(lambda i: _write_attempt(storage.join(sweep_dir, doc["points"][i]["name"]),
+                                               doc["points"][i]["name"], job_ids[i][0], job_ids[i][1],
+                                               "sweep-resume"), todo)
+            entries = _record_arrays(sweep_dir, doc, submitted, "sweep-resume")
+            for _, job in submitted:
+                executor.release(job.job_id)
+        except BaseException:
+            cancel_arrays(executor, submitted)   # points whose record names them show CANCELLED: resumable
+            raise
         previous = {r["index"]: r["state"] for r in status["points"]}
-        return {"name": doc["name"], "array_job_id": submitted.job_id, "array": entry["array"],
+        return {"name": doc["name"], "array_job_ids": [job.job_id for _, job in submitted],
+                "arrays": [entry["array"] for entry in entries],
                 "points": [doc["points"][i]["name"] for i in todo],
                 "previous_states": {doc["points"][i]["name"]: previous[i] for i in todo}}

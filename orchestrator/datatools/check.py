@@ -43,7 +43,9 @@ FINDING_KINDS: dict[str, tuple[str, str]] = {
     "missing_image": (ERROR, "image files that do not exist"),
     "unreadable_image": (ERROR, "image files that cannot be decoded"),
     "size_mismatch": (ERROR, "images whose real size differs from width/height in the json"),
-    "degenerate_box": (WARNING, "boxes with zero or negative width or height (dropped)"),
+    "negative_box": (ERROR, "boxes with a negative width or height (COCO boxes are [x, y, w, h]: the file was "
+                            "written wrong, e.g. [x1, y1, x2, y2] with x2 < x1)"),
+    "degenerate_box": (WARNING, "boxes with zero width or height (dropped)"),
     "tiny_box": (WARNING, "boxes under 1 px once clipped to the image, e.g. entirely outside it (dropped)"),
     "box_outside_image": (WARNING, "boxes extending past the image border (clipped)"),
     "missing_area": (WARNING, "annotations without a positive 'area' (COCO evaluation reads it; --fix sets w*h)"),
@@ -184,12 +186,13 @@ def _render_histogram(rows: list[dict[str, Any]], bar_width: int = 40) -> list[s
 
 
 def check_dataset(ann_url: str, images_url: str | None, *, max_examples: int = 5,
-                  read_images: bool = True) -> CheckReport:
+                  read_images: bool = True, coco: dict[str, Any] | None = None) -> CheckReport:
     """Check a COCO annotation file (and, with ``read_images``, the image headers under ``images_url``).
 
-    Only headers are read (``PIL.Image.open(...).size``), never whole images.
+    Only headers are read (``PIL.Image.open(...).size``), never whole images. ``coco``: the file's
+    content when the caller has already loaded it (read once).
     """
-    coco = load_coco(ann_url)
+    coco = coco if coco is not None else load_coco(ann_url)
     read_images = bool(read_images and images_url)
     report = CheckReport(ann_url, images_url, read_images, max_examples=max_examples)
     for key in ("images", "annotations", "categories"):
@@ -313,7 +316,10 @@ def _check_bbox(report: CheckReport, ann: dict[str, Any], where: str, image_id: 
     if not is_positive_number(ann.get("area")):
         report.add("missing_area", f"{where}: area {ann.get('area')!r}")
     x, y, w, h = bbox
-    if w <= 0 or h <= 0:
+    if w < 0 or h < 0:
+        report.add("negative_box", f"{where}: bbox {list(bbox)} has w={w:g}, h={h:g}")
+        return
+    if w == 0 or h == 0:
         report.add("degenerate_box", f"{where}: bbox {list(bbox)} has w={w:g}, h={h:g}")
         return
     if size is None:  # unknown image or no usable size: reported above

@@ -114,7 +114,10 @@ def _fix_annotations(annotations: list[Any], images: dict[int, dict[str, Any]], 
         if bbox is None:
             dropped["malformed_bbox"] += 1
             continue
-        if bbox[2] <= 0 or bbox[3] <= 0:
+        if bbox[2] < 0 or bbox[3] < 0:
+            dropped["negative_box"] += 1
+            continue
+        if bbox[2] == 0 or bbox[3] == 0:
             dropped["degenerate_box"] += 1
             continue
         width, height = image_size_of(images[ann["image_id"]])

@@ -9,8 +9,10 @@ from typing import Any
 from orchestrator.errors import OrchError
 
 # SLURM's state names; local runs report the same vocabulary.
+# LOST: the scheduler no longer knows the job and the job left no final word (resumable);
+# UNKNOWN: the scheduler did not answer, so nothing can be said (neither resumed nor cancelled).
 STATES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "REQUEUED",
-          "UNKNOWN")
+          "LOST", "UNKNOWN")
 ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
                  "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT")
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -78,12 +80,29 @@ def validate_request(req: JobRequest) -> None:
         _no_control_chars(label, str(value))
         if not pattern.match(str(value)):
             raise SubmissionError(f"{label} {value!r} is not valid: expected {expected}")
+    if req.time is not None:
+        _check_time_fields(str(req.time))
     for label, value in (("run dir", req.run_dir), ("log dir", req.log_dir)):
         _no_control_chars(label, value)
     for label, value in (("nodes", req.nodes), ("GPUs per node", req.gpus_per_node),
                          ("--cpus-per-gpu", req.cpus_per_gpu)):
         if not isinstance(value, int) or value < 1:
             raise SubmissionError(f"{label} must be a whole number >= 1, got {value!r}")
+
+
+def _check_time_fields(text: str) -> None:
+    """Minutes and seconds below 60 (and hours below 24 after a day count): SLURM would not read 1:99:00 as meant."""
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:
+        names, limits = ("hours", "minutes", "seconds"), (24, 60, 60)
+    else:
+        names, limits = {1: (("minutes",), (None,)), 2: (("minutes", "seconds"), (None, 60)),
+                         3: (("hours", "minutes", "seconds"), (None, 60, 60))}[len(parts)]
+    for name, value, limit in zip(names, parts, limits):
+        if limit is not None and value >= limit:
+            raise SubmissionError(f"--time {text!r} has {value} {name}; {name} go up to {limit - 1} there "
+                                  "(D-HH:MM:SS, HH:MM:SS, MM:SS or minutes, e.g. 2:39:00 or 159 for 159 minutes)")
 
 
 def time_to_minutes(text: str) -> int:
@@ -121,7 +140,9 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def status(self, job_id: str) -> dict[str, Any]:
-        """{"state": SLURM state name, "restarts": int, "nodes": [...]}; state UNKNOWN when forgotten."""
+        """{"state": SLURM state name, "restarts": int, "nodes": [hostnames]} and, while it waits,
+        "reason"/"explanation"; state UNKNOWN when the scheduler does not know the job, UNREACHABLE
+        (with "detail") when it did not answer."""
 
     @abc.abstractmethod
     def cancel(self, job_id: str) -> None:
@@ -135,12 +156,15 @@ class Executor(abc.ABC):
         """What would be submitted (for --dry-run)."""
         return ""
 
-    # Job arrays (sweeps): task i runs the launcher on the run dir ``run_dir_format % i``.
-    def submit_array(self, req: JobRequest, task_ids: list[int], run_dir_format: str) -> Submitted:
+    # Job arrays (sweeps): task i runs the launcher on the run dir ``run_dir_format % (task_offset + i)``
+    # (task ids stay below SLURM's MaxArraySize; a sweep bigger than that is several arrays with offsets).
+    def submit_array(self, req: JobRequest, task_ids: list[int], run_dir_format: str,
+                     task_offset: int = 0) -> Submitted:
         """Submit one job array over ``task_ids``; Submitted.job_id is the array's id."""
         raise SubmissionError(f"the {self.name} executor cannot run job arrays (sweeps); use --executor slurm")
 
-    def array_script(self, req: JobRequest, task_ids: list[int], run_dir_format: str) -> str:
+    def array_script(self, req: JobRequest, task_ids: list[int], run_dir_format: str,
+                     task_offset: int = 0) -> str:
         raise SubmissionError(f"the {self.name} executor cannot run job arrays (sweeps); use --executor slurm")
 
     def release(self, job_id: str) -> None:

@@ -97,15 +97,18 @@ def render_job(req: JobRequest, python: str = sys.executable) -> str:
     return "\n".join(lines)
 
 
-def render_array(req: JobRequest, task_ids: list[int], run_dir_format: str, python: str = sys.executable) -> str:
-    """One sbatch script for a job array: task i runs ``jobs.launch`` on ``run_dir_format % i``."""
+def render_array(req: JobRequest, task_ids: list[int], run_dir_format: str, python: str = sys.executable,
+                 task_offset: int = 0) -> str:
+    """One sbatch script for a job array: task i runs ``jobs.launch`` on ``run_dir_format % (task_offset + i)``
+    (a sweep larger than MaxArraySize is several arrays, each numbering its tasks from 0)."""
     prefix, width, suffix = split_run_dir_format(run_dir_format)
     options = sbatch_options(req) + [("array", format_array(task_ids, req.max_parallel))]
     if req.extra.get("hold"):
         options.append(("hold", None))
     lines = _header(req, options, ARRAY_JOB)
     run_dir = f"{shlex.quote(prefix)}\"$TASK\"{shlex.quote(suffix) if suffix else ''}"
-    lines += ["", f"printf -v TASK '%0{width}d' \"$SLURM_ARRAY_TASK_ID\"", f"RUN_DIR={run_dir}",
+    point = f"$((SLURM_ARRAY_TASK_ID + {int(task_offset)}))" if task_offset else "$SLURM_ARRAY_TASK_ID"
+    lines += ["", f"printf -v TASK '%0{width}d' \"{point}\"", f"RUN_DIR={run_dir}",
               *_body(ARRAY_JOB[1], python, '"$RUN_DIR"'), ""]
     return "\n".join(lines)
 

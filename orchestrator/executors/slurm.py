@@ -7,18 +7,14 @@ scontrol/scancel. No submitit: nothing here needs more than the SLURM commands.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import tempfile
 from typing import Any
 
-from orchestrator.executors import sbatch
+from orchestrator.executors import sbatch, slurm_state
 from orchestrator.executors.base import Executor, JobRequest, SubmissionError, Submitted
 from orchestrator.executors.sbatch import format_array  # noqa: F401  (sweep.py imports it from here)
-
-SCONTROL_STATE_RE = re.compile(r"JobState=(\S+)")
-RESTARTS_RE = re.compile(r"Restarts=(\d+)")
-NODES_RE = re.compile(r"\bNodeList=(\S+)")
+from orchestrator.executors.slurm_state import parse_array_records, parse_array_task_ids  # noqa: F401 (their home)
 
 
 class SlurmExecutor(Executor):
@@ -40,20 +36,7 @@ class SlurmExecutor(Executor):
         return Submitted(job_id=job_id, executor=self.name, log_dir=req.log_dir)
 
     def status(self, job_id: str) -> dict[str, Any]:
-        result = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
-        if result.returncode != 0:
-            if "_" in job_id and self.array_status(job_id.split("_")[0]) is not None:
-                # SLURM drops a job-array task cancelled before it started, but still knows the array
-                return {"state": "CANCELLED", "restarts": 0, "detail": "cancelled before it started"}
-            return {"state": "UNKNOWN", "restarts": 0, "detail": result.stderr.strip()}
-        states = SCONTROL_STATE_RE.findall(result.stdout)
-        if not states:
-            return {"state": "UNKNOWN", "restarts": 0}
-        restarts = RESTARTS_RE.search(result.stdout)
-        nodes = NODES_RE.search(result.stdout)
-        state = _summarise_array(states)
-        return {"state": state, "restarts": int(restarts.group(1)) if restarts else 0,
-                "nodes": nodes.group(1) if nodes and nodes.group(1) != "(null)" else None}
+        return slurm_state.job_status(job_id)   # scontrol, then sacct once scontrol has forgotten it
 
     def cancel(self, job_id: str) -> None:
         result = subprocess.run(["scancel", job_id], capture_output=True, text=True)
@@ -61,12 +44,14 @@ class SlurmExecutor(Executor):
             raise SubmissionError(f"scancel {job_id} failed: {result.stderr.strip()}")
 
     # ---------------------------------------------------------------- job arrays (sweeps)
-    def array_script(self, req: JobRequest, task_ids: list[int], run_dir_format: str) -> str:
-        """One sbatch script for the whole array: task i runs jobs.launch on ``run_dir_format % i``."""
-        return sbatch.render_array(req, task_ids, run_dir_format)
+    def array_script(self, req: JobRequest, task_ids: list[int], run_dir_format: str,
+                     task_offset: int = 0) -> str:
+        """One sbatch script for the whole array: task i runs jobs.launch on ``run_dir_format % (task_offset + i)``."""
+        return sbatch.render_array(req, task_ids, run_dir_format, task_offset=task_offset)
 
-    def submit_array(self, req: JobRequest, task_ids: list[int], run_dir_format: str) -> Submitted:
-        array_id = _sbatch(self.array_script(req, task_ids, run_dir_format), req.log_dir, "job array")
+    def submit_array(self, req: JobRequest, task_ids: list[int], run_dir_format: str,
+                     task_offset: int = 0) -> Submitted:
+        array_id = _sbatch(self.array_script(req, task_ids, run_dir_format, task_offset), req.log_dir, "job array")
         return Submitted(job_id=array_id, executor=self.name, log_dir=req.log_dir)
 
     def release(self, job_id: str) -> None:
@@ -75,40 +60,7 @@ class SlurmExecutor(Executor):
             raise SubmissionError(f"scontrol release {job_id} failed: {result.stderr.strip()}")
 
     def array_status(self, array_job_id: str) -> dict[int, dict[str, Any]] | None:
-        result = subprocess.run(["scontrol", "show", "job", "-o", array_job_id], capture_output=True, text=True)
-        if result.returncode != 0 or "JobId=" not in result.stdout:
-            return None
-        return parse_array_records(result.stdout)
-
-
-ARRAY_TASK_RE = re.compile(r"\bArrayTaskId=(\S+)")
-
-
-def parse_array_task_ids(text: str) -> list[int]:
-    """``2-5%2`` / ``1,3,7-8`` / ``[1,3]`` (scontrol, squeue) → the task ids."""
-    ids: list[int] = []
-    for part in text.strip("[]").split("%")[0].split(","):
-        if "-" in part:
-            low, high = part.split("-", 1)
-            ids.extend(range(int(low), int(high) + 1))
-        elif part:
-            ids.append(int(part))
-    return ids
-
-
-def parse_array_records(output: str) -> dict[int, dict[str, Any]]:
-    """`scontrol show job -o ARRAY` (one line per task; pending tasks share one line) → {task: status}."""
-    tasks: dict[int, dict[str, Any]] = {}
-    for line in output.splitlines():
-        task_field, state = ARRAY_TASK_RE.search(line), SCONTROL_STATE_RE.search(line)
-        if not task_field or not state:
-            continue
-        restarts, nodes = RESTARTS_RE.search(line), NODES_RE.search(line)
-        record = {"state": state.group(1), "restarts": int(restarts.group(1)) if restarts else 0,
-                  "nodes": nodes.group(1) if nodes and nodes.group(1) not in ("(null)", "") else None}
-        for task in parse_array_task_ids(task_field.group(1)):
-            tasks[task] = dict(record)
-    return tasks
+        return slurm_state.array_status(array_job_id)
 
 
 def _sbatch(text: str, log_dir: str, what: str) -> str:
@@ -129,15 +81,3 @@ def _sbatch(text: str, log_dir: str, what: str) -> str:
     job_id = result.stdout.strip().split(";")[0]   # "<id>[;<cluster>]"
     os.replace(path, os.path.join(log_dir, f"{job_id}_submission.sh"))
     return job_id
-
-
-def _summarise_array(states: list[str]) -> str:
-    """One state for a job (or a whole array): active beats failed beats completed."""
-    for group in (("RUNNING",), ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING"), ("COMPLETING",)):
-        for state in states:
-            if state in group:
-                return "RUNNING" if state == "COMPLETING" else state
-    for state in states:
-        if state != "COMPLETED":
-            return state
-    return "COMPLETED"

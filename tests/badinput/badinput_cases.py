@@ -412,17 +412,7 @@ add("sweep-resume-broken-json", "sweep", "sweep resume runs/sw", "sweep.json", f
 # Cases that fail on this branch only because another package of issue 11 is not merged yet
 # (config validation, dry-run/sbatch path, run state, partition/sweep checks, preflight). The test
 # marks them xfail(strict=False); the lead empties this set after merging every branch.
-AWAITING_OTHER_PACKAGES: set[str] = {
-    # dry-run and submit check the same things before anything is queued (issue 11 item 4)
-    "cfg-submit-init-checkpoint-missing", "ds-bbox-negative-size", "ds-img-dir-missing", "ds-img-dir-empty",
-    "ds-val-img-dir-empty",
-    # the sbatch script path (executors/)
-    "res-time-minutes-99",
-    # run state: plan.json, submissions.json, sweep.json read with a clean error (submission.py, sweep.py)
-    "run-status-truncated-plan", "run-resume-truncated-plan", "run-cancel-truncated-plan",
-    "run-status-broken-submissions", "run-resume-broken-submissions", "run-plan-not-object",
-    "sweep-status-broken-json", "sweep-resume-broken-json",
-}
+AWAITING_OTHER_PACKAGES: set[str] = set()   # every case is fixed: a case that fails is a bug, never a set entry
 
 _ids = [c.id for c in CASES]
 assert len(_ids) == len(set(_ids)), sorted({i for i in _ids if _ids.count(i) > 1})

@@ -45,6 +45,7 @@ def test_local_submit_status_logs_cancel_resume(data_root, tmp_path, capsys):
         assert key in status
     assert status["state"] == "COMPLETED" and status["iteration"] == 40 and status["attempt"] == 2
     assert status["latest_checkpoint"].endswith("iter_000000040.pth")
+    assert read_status(run_dir)["job_id"] == status["job_id"]   # status.json names the job that wrote it
     assert train_iterations(run_dir) == list(range(1, 41))    # nothing repeated across the cancel
 
     assert cli.main(["logs", "loc", "--work-dir", work_dir]) == 0

@@ -76,6 +76,7 @@ def make_defect_dataset(root):
         ann(1, 1, 1, [10, 10, 20, 20]),
         ann(2, 1, 2, [90, 70, 20, 20]),  # outside a 100x80 image: clipped to [90, 70, 10, 10]
         ann(3, 2, 1, [10, 10, 0, 5]),  # zero width
+        ann(14, 1, 1, [10, 10, -5, 8]),  # negative width: written wrong
         ann(4, 2, 1, [200, 200, 10, 10]),  # entirely outside: under 1 px once clipped
         ann(5, 2, 1, [1, 2, "x", 4]),  # malformed bbox
         ann(6, 2, 1, [1, 2, 3]),  # malformed bbox
@@ -108,6 +109,7 @@ EXPECTED_FINDINGS = {  # kind -> (count, severity); needs the image files
     "missing_image": (1, ERROR),
     "unreadable_image": (1, ERROR),
     "size_mismatch": (1, ERROR),
+    "negative_box": (1, ERROR),
     "degenerate_box": (1, WARNING),
     "tiny_box": (1, WARNING),
     "box_outside_image": (1, WARNING),
@@ -138,7 +140,7 @@ def test_check_reports_nothing_else(defects):
     report = defects[2]
     assert set(report.findings) == set(EXPECTED_FINDINGS)
     assert not report.ok
-    assert (report.num_images, report.num_annotations, report.num_categories) == (9, 15, 5)
+    assert (report.num_images, report.num_annotations, report.num_categories) == (9, 16, 5)
 
 
 def test_check_examples_name_the_offender(defects):
@@ -156,7 +158,7 @@ def test_check_examples_name_the_offender(defects):
 
 def test_check_histogram_counts_boxes_and_images_per_class(defects):
     rows = {row["name"]: (row["id"], row["annotations"], row["images"]) for row in defects[2].histogram}
-    assert rows == {"cat": (1, 10, 5), "dog": (2, 3, 3), "bird": (3, 0, 0)}
+    assert rows == {"cat": (1, 11, 5), "dog": (2, 3, 3), "bird": (3, 0, 0)}
 
 
 def test_check_renders_text_and_json(defects):
@@ -256,7 +258,7 @@ def test_fix_output_passes_check_and_input_is_untouched(tmp_path):
         "malformed_image": 1, "duplicate_image_id": 1, "missing_image": 1, "unreadable_image": 1,
         "size_mismatch": 1, "malformed_category": 1, "duplicate_category_id": 1,
         "unknown_image_ref": 1, "annotation_of_dropped_image": 3, "unknown_category_ref": 1,
-        "malformed_bbox": 2, "degenerate_box": 1, "tiny_box": 1}
+        "malformed_bbox": 2, "negative_box": 1, "degenerate_box": 1, "tiny_box": 1}
     assert summary["changed"] == {"box_clipped": 1, "area_filled": 1, "annotation_id_reassigned": 2}
     assert (summary["images_out"], summary["annotations_out"], summary["categories_out"]) == (4, 6, 3)
 

@@ -21,6 +21,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIG = os.path.join(ROOT, "configs", "demo.yml")
 
 
+@pytest.fixture(autouse=True)
+def _no_cluster_limits(monkeypatch):
+    """Sweeps here are planned for a cluster that is not this machine's (the test cluster may be up)."""
+    monkeypatch.setenv("ORCH_SKIP_SLURM_CHECK", "1")
+
+
 # ---------------------------------------------------------------- specs
 
 @pytest.mark.parametrize("text,key,kind,args", [
@@ -156,8 +162,8 @@ def test_parse_array_records_one_line_per_task_and_pending_ranges():
            "JobId=4 ArrayJobId=3 ArrayTaskId=0 JobState=COMPLETED Reason=None Restarts=0 NodeList=localhost\n")
     tasks = parse_array_records(out)
     assert sorted(tasks) == [0, 1, 2, 3, 5]
-    assert tasks[0]["state"] == "COMPLETED" and tasks[2] == {"state": "RUNNING", "restarts": 0, "nodes": "localhost"}
-    assert tasks[1]["restarts"] == 1 and tasks[1]["nodes"] is None
+    assert tasks[0]["state"] == "COMPLETED" and tasks[2] == {"state": "RUNNING", "restarts": 0, "nodes": ["localhost"]}
+    assert tasks[1]["restarts"] == 1 and tasks[1]["nodes"] == [] and tasks[1]["reason"] == "BeginTime"
     assert tasks[3]["state"] == tasks[5]["state"] == "PENDING"
 
 
@@ -173,7 +179,8 @@ def tiny_data(tmp_path):
 def sweep_args(tiny_data, work_dir, *extra):
     return ["sweep", CONFIG, "--executor", "slurm", "--partition", "dev", "--gpus", "2", "--name", "lrs",
             f"work_dir={work_dir}", f"data.train.ann_file={tiny_data}/train.json",
-            f"data.val.ann_file={tiny_data}/val.json", "schedule.epochs=2", *extra]
+            f"data.train.img_dir={tiny_data}/train", f"data.val.ann_file={tiny_data}/val.json",
+            f"data.val.img_dir={tiny_data}/val", "schedule.epochs=2", *extra]
 
 
 def test_dry_run_lists_every_point_with_its_own_plan_and_one_array_script(tiny_data, tmp_path, capsys):
@@ -241,12 +248,12 @@ class FakeSlurm:
         self.cancelled: list[str] = []
         monkeypatch.setattr(SlurmExecutor, "release", lambda _, job_id: self.released.append(job_id))
         monkeypatch.setattr(SlurmExecutor, "cancel", lambda _, job_id: self.cancelled.append(job_id))
-        monkeypatch.setattr(SlurmExecutor, "submit_array", lambda executor, *args: self._submit(executor, *args))
+        monkeypatch.setattr(SlurmExecutor, "submit_array", lambda executor, *a, **kw: self._submit(executor, *a, **kw))
         monkeypatch.setattr(SlurmExecutor, "array_status", lambda _, array_id: self.tasks.get(array_id))
         monkeypatch.setattr(SlurmExecutor, "status", lambda _, job_id: {"state": "UNKNOWN", "restarts": 0})
 
-    def _submit(self, executor, req, task_ids, run_dir_format):
-        script = executor.array_script(req, task_ids, run_dir_format)
+    def _submit(self, executor, req, task_ids, run_dir_format, task_offset=0):
+        script = executor.array_script(req, task_ids, run_dir_format, task_offset)
         array_id = str(100 + len(self.arrays))
         self.arrays.append((array_id, list(task_ids), run_dir_format, script))
         return Submitted(job_id=array_id, executor="slurm", log_dir=req.log_dir)
@@ -401,3 +408,129 @@ def test_hparams_include_the_swept_keys():
                                                                              "data.batch_per_gpu": 4}})
     assert hp["optimizer.base_lr"] == 0.02 and hp["data.batch_per_gpu"] == 4 and hp["sweep_point"] == "p003"
     assert hp["lr"] == plan["lr"] and not math.isnan(hp["max_iters"])
+
+
+# ---------------------------------------------------------------- sweeps bigger than MaxArraySize
+
+@pytest.mark.parametrize("indices,max_array_size,parallel,expected", [
+    (range(4), 1001, None, [(0, [0, 1, 2, 3], None)]),
+    (range(3000), 1001, None, [(0, list(range(1001)), None), (1001, list(range(1001)), None),
+                               (2002, list(range(998)), None)]),
+    (range(7), 3, 3, [(0, [0, 1, 2], 1), (3, [0, 1, 2], 1), (6, [0], 1)]),
+    (range(7), 3, 5, [(0, [0, 1, 2], 2), (3, [0, 1, 2], 2), (6, [0], 1)]),
+    (range(7), 3, 100, [(0, [0, 1, 2], 3), (3, [0, 1, 2], 3), (6, [0], 1)]),
+    (range(4), 4, 3, [(0, [0, 1, 2, 3], 3)]),
+    ([1, 3], 1001, 3, [(0, [1, 3], 2)]),                       # a resume keeps task i = point i
+    ([2, 4, 5, 6, 11], 3, None, [(0, [2], None), (3, [1, 2], None), (6, [0], None), (9, [2], None)]),
+])
+def test_split_arrays(indices, max_array_size, parallel, expected):
+    parts = sweep.split_arrays(indices, max_array_size, parallel)
+    assert [(p.offset, p.task_ids, p.max_parallel) for p in parts] == expected
+    assert all(task < max_array_size for p in parts for task in p.task_ids)
+    assert [i for p in parts for i in p.point_indices] == sorted(indices)
+    if parallel is not None:
+        assert sum(p.max_parallel for p in parts) <= parallel
+
+
+def test_max_parallel_below_the_number_of_arrays_is_refused():
+    with pytest.raises(SweepError, match=r"--max-parallel 2 is less than the 3 job arrays these 3000 points need "
+                                         r"\(this cluster's MaxArraySize is 1001\); use --max-parallel 3 or more"):
+        sweep.split_arrays(range(3000), 1001, 2)
+
+
+@pytest.fixture
+def max_array_size_3(monkeypatch):
+    from orchestrator import slurm_limits
+    monkeypatch.setattr(slurm_limits, "array_limits", lambda: slurm_limits.ArrayLimits(3, 1000))
+
+
+def test_a_sweep_bigger_than_max_array_size_is_several_held_arrays_released_together(
+        tiny_data, tmp_path, monkeypatch, capsys, max_array_size_3):
+    monkeypatch.setenv("ORCH_CACHE_DIR", str(tmp_path / "cache"))
+    fake = FakeSlurm(monkeypatch)
+    code = cli.main(sweep_args(tiny_data, tmp_path / "runs", "-p", "optimizer.base_lr=0.01,0.02,0.03,0.04,0.05",
+                               "-p", "data.batch_per_gpu=2"))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "5 points as 2 SLURM job arrays 100 (--array=0-2, points from 0), 101 (--array=0-1, points from 3)" in out
+    sweep_dir = str(tmp_path / "runs" / "lrs")
+    assert [(a[0], a[1]) for a in fake.arrays] == [("100", [0, 1, 2]), ("101", [0, 1])]
+    assert all("#SBATCH --hold" in a[3] for a in fake.arrays) and fake.released == ["100", "101"]
+    assert "printf -v TASK '%03d' \"$((SLURM_ARRAY_TASK_ID + 3))\"" in fake.arrays[1][3]
+    assert "printf -v TASK '%03d' \"$SLURM_ARRAY_TASK_ID\"" in fake.arrays[0][3]
+    assert f'RUN_DIR={sweep_dir}/p"$TASK"' in fake.arrays[1][3]
+    doc = json.load(open(os.path.join(sweep_dir, "sweep.json")))
+    assert doc["array_job_ids"] == ["100", "101"]
+    assert [(s["task_offset"], s["task_ids"], s["array"]) for s in doc["submissions"]] == [
+        (0, [0, 1, 2], "0-2"), (3, [0, 1], "0-1")]
+    jobs = [json.load(open(os.path.join(sweep_dir, f"p00{i}", "submissions.json")))["attempts"][0]["job_id"]
+            for i in range(5)]
+    assert jobs == ["100_0", "100_1", "100_2", "101_0", "101_1"]
+
+    # status: one query per array, every point whole
+    fake.tasks["100"] = {0: {"state": "COMPLETED", "restarts": 0}, 1: {"state": "FAILED", "restarts": 0},
+                         2: {"state": "RUNNING", "restarts": 0}}
+    fake.tasks["101"] = {0: {"state": "PENDING", "restarts": 0}}      # task 1 cancelled before it started
+    write_job_status(os.path.join(sweep_dir, "p000"), "COMPLETED", 4, best=0.3)
+    write_job_status(os.path.join(sweep_dir, "p001"), "FAILED", 1)
+    assert cli.main(["sweep", "status", sweep_dir, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["array_job_ids"] == ["100", "101"]
+    assert sorted((r["point"], r["state"], r["job_id"]) for r in status["points"]) == [
+        ("p000", "COMPLETED", "100_0"), ("p001", "FAILED", "100_1"), ("p002", "RUNNING", "100_2"),
+        ("p003", "PENDING", "101_0"), ("p004", "CANCELLED", "101_1")]
+
+    # resume: p001 and p004 again, in two arrays (4 is past MaxArraySize 3), released together
+    assert cli.main(["sweep", "resume", sweep_dir]) == 0
+    out = capsys.readouterr().out
+    assert "resumed sweep lrs: 2 point(s) as 2 SLURM job arrays 102 (--array=1), 103 (--array=1)" in out
+    assert [(a[0], a[1]) for a in fake.arrays[2:]] == [("102", [1]), ("103", [1])]
+    assert f'"$((SLURM_ARRAY_TASK_ID + 3))"' in fake.arrays[3][3] and fake.released[2:] == ["102", "103"]
+    attempts = {p: [a["job_id"] for a in json.load(open(os.path.join(sweep_dir, p, "submissions.json")))["attempts"]]
+                for p in ("p001", "p004")}
+    assert attempts == {"p001": ["100_1", "102_1"], "p004": ["101_1", "103_1"]}
+    doc = json.load(open(os.path.join(sweep_dir, "sweep.json")))
+    assert doc["array_job_ids"] == ["100", "101", "102", "103"]
+
+
+def test_a_refused_second_array_cancels_the_first_and_leaves_nothing(tiny_data, tmp_path, monkeypatch, capsys,
+                                                                     max_array_size_3):
+    fake = FakeSlurm(monkeypatch)
+    real = fake._submit
+
+    def submit(executor, req, task_ids, run_dir_format, task_offset=0):
+        if task_offset:
+            raise sweep.OrchError("sbatch refused the job array: QOSMaxSubmitJobPerUserLimit")
+        return real(executor, req, task_ids, run_dir_format, task_offset)
+
+    monkeypatch.setattr(fake, "_submit", submit)
+    code = cli.main(sweep_args(tiny_data, tmp_path / "runs", "-p", "optimizer.base_lr=0.01,0.02,0.03,0.04"))
+    assert code == 2 and "QOSMaxSubmitJobPerUserLimit" in capsys.readouterr().err
+    assert fake.cancelled == ["100"] and fake.released == []
+    assert not os.path.exists(tmp_path / "runs" / "lrs")
+
+
+def test_a_sweep_over_max_job_count_is_refused_up_front(tiny_data, tmp_path, monkeypatch, capsys):
+    from orchestrator import slurm_limits
+    monkeypatch.setattr(slurm_limits, "array_limits", lambda: slurm_limits.ArrayLimits(1001, 3))
+    fake = FakeSlurm(monkeypatch)
+    code = cli.main(sweep_args(tiny_data, tmp_path / "runs", "-p", "optimizer.base_lr=0.01,0.02,0.03,0.04",
+                               "--dry-run"))
+    err = capsys.readouterr().err
+    assert code == 2 and "the sweep has 4 points but this cluster holds at most 3 jobs at once" in err
+    assert fake.arrays == [] and not os.path.exists(tmp_path / "runs")
+
+
+def test_sweep_input_checks_run_once_for_shared_data_and_name_a_swept_one(tiny_data, tmp_path, monkeypatch, capsys):
+    from orchestrator import input_checks
+    calls = []
+    real = input_checks.check_inputs
+    monkeypatch.setattr(input_checks, "check_inputs", lambda config: calls.append(1) or real(config))
+    assert cli.main(sweep_args(tiny_data, tmp_path / "runs", "-p", "optimizer.base_lr=0.01,0.02,0.03",
+                               "--dry-run")) == 0
+    assert len(calls) == 1
+    capsys.readouterr()
+    code = cli.main(sweep_args(tiny_data, tmp_path / "runs", "-p",
+                               f"model.init_checkpoint=null,{tmp_path}/nope.pth", "--dry-run"))
+    err = capsys.readouterr().err
+    assert code == 2 and f"point p001 (model.init_checkpoint={tmp_path}/nope.pth): model.init_checkpoint" in err
