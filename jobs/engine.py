@@ -18,6 +18,7 @@ from jobs import distributed as dist_mod
 from jobs import evaluate, models, preemption
 from jobs.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from jobs.distributed import DistInfo
+from jobs.ema import ModelEMA
 from jobs.runlog import Progress, RunLog, peak_rss_mb
 from jobs.schedule import lr_factor
 from orchestrator import runs
@@ -54,6 +55,8 @@ class Trainer:
         seed = int(self.config["seed"])
         seed_everything(seed)  # the same initial weights on every rank and in every run
         self.model = models.build_model(self.config["model"], num_classes).to(self.device)
+        self.adapter = models.build_adapter(self.config["model"])  # torchvision or transformers contract
+        self.ema = ModelEMA.from_config(self.model, self.config["model"])
         seed_everything(seed * 1000 + 1 + rank)  # each rank's own stream for training-time randomness
         self.ddp_model = self._wrap_ddp(self.model)
         self.optimizer = self._build_optimizer()
@@ -87,8 +90,13 @@ class Trainer:
             return
         init = self.config["model"].get("init_checkpoint")
         if init:
-            report = models.load_init_checkpoint(self.model, init)
-            self.runlog.info(f"fine-tuning from {init}: {report}")
+            report = self.adapter.load_init(self.model, init)
+            if self.ema is not None:
+                self.ema.reset(self.model)
+            skipped = [entry[0] for entry in report["skipped"]] or "none"
+            self.runlog.info(f"fine-tuning from {init} (not a resume): loaded {len(report['loaded'])} tensors; "
+                             f"skipped (shape differs, e.g. class heads) {skipped}; missing (fresh init) "
+                             f"{report['missing'] or 'none'}; unexpected {len(report['unexpected'])}")
             dist_mod.barrier()
 
     def _load_state(self, state: dict[str, Any], url: str) -> None:
@@ -102,6 +110,11 @@ class Trainer:
             raise TrainingError(f"checkpoint {url} holds {len(rng)} ranks, this job has {self.dist.world_size}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            if not state.get("ema"):
+                raise TrainingError(f"checkpoint {url} holds no EMA weights but model.ema is set; resume "
+                                    "with the run's own config (`orch resume RUN`)")
+            self.ema.load_state_dict(state["ema"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
@@ -118,6 +131,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             # the lr is a pure function of the iteration (jobs/schedule.py): this is all its state
             "lr_scheduler": {"policy": self.plan["lr_policy"], "iteration": self.iteration},
             "scaler": self.scaler.state_dict() if self.use_amp else {},
@@ -170,7 +184,7 @@ class Trainer:
         self.ddp_model.train()
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.use_amp else contextlib.nullcontext()
         with autocast:
-            loss_dict = self.ddp_model(images, targets)
+            loss_dict = self.adapter.forward_train(self.ddp_model, images, targets)
         loss = sum(loss_dict.values())
         # one collective per step: did any rank see a non-finite loss or a stop signal?
         nonfinite, stop = dist_mod.all_reduce_max(
@@ -185,6 +199,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
         self._stop_agreed = bool(stop)
         return {k: v.detach() for k, v in loss_dict.items()}
 
@@ -236,8 +252,11 @@ class Trainer:
         if self.val_loader is not None:
             dataset = self.val_loader.dataset
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                result = evaluate.evaluate_model(self.model, self.val_loader, dataset.coco,
-                                                 dataset.label_to_cat_id, self.device)
+                # with model.ema the average is what is evaluated (and what the published numbers use)
+                eval_model = self.ema.module if self.ema is not None else self.model
+                result = evaluate.evaluate_model(eval_model, self.val_loader, dataset.coco,
+                                                 dataset.label_to_cat_id, self.device,
+                                                 predict=self.adapter.predict)
             self.last_eval = {k: float(v) for k, v in result["stats"].items()}
             improved = self.best_metric is None or self.last_eval["bbox_mAP"] > self.best_metric
             if improved:

@@ -186,14 +186,18 @@ def gather_detections(local: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, loader, coco_gt: dict[str, Any], label_to_cat_id: dict[int, int],
-                   device: torch.device | str, backend: str = "auto") -> dict[str, Any]:
-    """Run inference on this rank's shard, gather all ranks' detections, evaluate on every rank."""
+                   device: torch.device | str, backend: str = "auto", predict=None) -> dict[str, Any]:
+    """Run inference on this rank's shard, gather all ranks' detections, evaluate on every rank.
+
+    ``predict(model, images)`` -> xyxy pixel boxes/scores/labels per image (``jobs.models.build_adapter``);
+    None calls the model (the torchvision contract)."""
     was_training = model.training
     model.eval()
     detections: list[dict[str, Any]] = []
     try:
         for images, targets in loader:
-            outputs = model([img.to(device, non_blocking=True) for img in images])
+            images = [img.to(device, non_blocking=True) for img in images]
+            outputs = predict(model, images) if predict is not None else model(images)
             detections += predictions_to_coco(outputs, [t["image_id"] for t in targets], label_to_cat_id)
     finally:
         model.train(was_training)

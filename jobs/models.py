@@ -53,6 +53,8 @@ def build_model(model_cfg: dict[str, Any], num_classes: int, load_init: bool = F
     name = model_cfg.get("name")
     if name not in MODELS:
         raise ValueError(f"model.name: unknown model {name!r}; valid names are {sorted(MODELS)}")
+    if modelspec.is_detr(name):
+        return _build_detr(model_cfg, num_classes, load_init)
     family = MODELS[name]
     kwargs = dict(model_cfg.get("kwargs") or {})
     unknown = sorted(set(kwargs) - set(family.kwargs))
@@ -84,6 +86,42 @@ def build_model(model_cfg: dict[str, Any], num_classes: int, load_init: bool = F
     if init_checkpoint and load_init:
         load_init_checkpoint(model, str(init_checkpoint))
     return model
+
+
+def _build_detr(model_cfg: dict[str, Any], num_classes: int, load_init: bool) -> nn.Module:
+    """A transformer detector from orch's table (jobs/detr_models.py): K object classes, no background."""
+    from jobs import detr_models
+
+    model = detr_models.build_detr(model_cfg["name"], num_classes - 1, **dict(model_cfg.get("kwargs") or {}))
+    if model_cfg.get("init_checkpoint") and load_init:
+        build_adapter(model_cfg).load_init(model, str(model_cfg["init_checkpoint"]))
+    return model
+
+
+class TorchvisionAdapter:
+    """The torchvision detector contract, which orch's loop speaks: the model does it all."""
+
+    def forward_train(self, model: nn.Module, images: list[torch.Tensor],
+                      targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return model(images, targets)
+
+    def predict(self, model: nn.Module, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return model(images)
+
+    def load_init(self, model: nn.Module, url: str) -> dict[str, list]:
+        return load_init_checkpoint(model, url)
+
+
+def build_adapter(model_cfg: dict[str, Any]):
+    """How the loop trains, evaluates and loads init weights into ``model_cfg``'s model: a
+    :class:`TorchvisionAdapter`, or for the transformer detectors ``jobs.detr_adapter.DetrAdapter``
+    (same methods: ``forward_train`` -> loss dict, ``predict`` -> xyxy pixels/scores/labels 1..K,
+    ``load_init`` -> loaded/skipped/missing report)."""
+    if modelspec.is_detr(model_cfg.get("name")):
+        from jobs.detr_adapter import DetrAdapter
+
+        return DetrAdapter(model_cfg)
+    return TorchvisionAdapter()
 
 
 def _set_ssd_size(model: nn.Module, name: str, min_size: Any, max_size: Any) -> None:

@@ -30,7 +30,7 @@ from torch import nn
 
 from jobs import models
 from jobs.checkpoint import CheckpointManager, marker_url
-from orchestrator import cocofile, runs, storage
+from orchestrator import cocofile, modelspec, runs, storage
 from orchestrator.modelio import (  # noqa: F401 - torch-free, re-exported for callers of jobs.predict
     IMAGE_EXTENSIONS, list_images, pick_run_checkpoint, require_model_source, resolve_checkpoint,
 )
@@ -86,7 +86,9 @@ def read_checkpoint(url: str) -> dict[str, Any]:
 
 
 def model_state(state: dict[str, Any], url: str) -> dict[str, torch.Tensor]:
-    weights = state.get("model")
+    """The weights to infer with: the EMA of the weights when the run kept one (model.ema; what its eval measured)."""
+    ema = state.get("ema")
+    weights = ema["module"] if isinstance(ema, dict) and isinstance(ema.get("module"), dict) else state.get("model")
     if not isinstance(weights, dict) or not weights or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         keys = sorted(str(k) for k in state)[:8]
         raise OrchError(f"{url} has no 'model' state_dict (its keys: {keys}): it is not an orch checkpoint; use "
@@ -96,6 +98,10 @@ def model_state(state: dict[str, Any], url: str) -> dict[str, torch.Tensor]:
 
 def infer_num_classes(name: str, weights: dict[str, torch.Tensor]) -> int | None:
     """Classes (background included) from the head's weight shapes; None when the keys are not there."""
+    if modelspec.is_detr(name):
+        from jobs.detr_adapter import num_classes_in
+
+        return num_classes_in(name, weights)
     for family, cls_key, reg_key in _HEAD_KEYS:
         if not name.startswith(family) or cls_key not in weights:
             continue
@@ -246,7 +252,8 @@ def run_batches(loaded: LoadedModel, img_dir: str, names: Sequence[str], batch_s
     for start in range(0, len(names), max(1, batch_size)):
         chunk = names[start:start + max(1, batch_size)]
         images = [read_image(storage.join(img_dir, n)) for n in chunk]
-        outputs = loaded.model([to_tensor(im).to(loaded.device) for im in images])
+        outputs = models.build_adapter(loaded.model_cfg).predict(loaded.model,
+                                                                 [to_tensor(im).to(loaded.device) for im in images])
         for name, image, output in zip(chunk, images, outputs):
             yield name, image, {k: v.detach().cpu() for k, v in output.items()}
 
@@ -363,6 +370,7 @@ def evaluate_checkpoint(loaded: LoadedModel, ann_file: str, img_dir: str, *, bat
     loader = DataLoader(dataset, batch_size=max(1, batch_size), shuffle=False, collate_fn=collate_fn,
                         num_workers=workers)
     started = time.perf_counter()
-    result = evaluate_model(loaded.model, loader, dataset.coco, loaded.label_to_cat_id, loaded.device)
+    result = evaluate_model(loaded.model, loader, dataset.coco, loaded.label_to_cat_id, loaded.device,
+                            predict=models.build_adapter(loaded.model_cfg).predict)
     result.update(num_images=len(dataset), seconds=time.perf_counter() - started, notes=notes)
     return result

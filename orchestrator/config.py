@@ -342,6 +342,9 @@ def _check_model(model: dict[str, Any], sources: dict[str, str]) -> None:
     name = model["name"]
     spec = modelspec.MODELS[name]
     kwargs = model.get("kwargs") or {}
+    if spec.family == modelspec.DETR_FAMILY:
+        _check_detr_kwargs(name, kwargs, sources)
+        kwargs = {}  # the table checked them; the torchvision checks below do not apply
     for key, value in kwargs.items():
         path = f"model.kwargs.{key}"
         if key in ("min_size", "max_size", "trainable_backbone_layers"):
@@ -371,6 +374,35 @@ def _check_model(model: dict[str, Any], sources: dict[str, str]) -> None:
         path = "model.max_size"
         raise ConfigError(f"{_prefix(path, sources)}model.min_size = {model['min_size']} and {path} = "
                           f"{model['max_size']}: {name} resizes to one square size; set min_size only")
+
+
+def _check_detr_kwargs(name: str, kwargs: dict[str, Any], sources: dict[str, str]) -> None:
+    """model.kwargs of a transformer detector: numbers of its table entry, each of the table's kind."""
+    from orchestrator import detr_table
+
+    try:
+        numbers, backbone = detr_table.arch_kwargs(name, None)
+        detr_table.arch_kwargs(name, kwargs)
+    except OrchError as exc:
+        path = "model.kwargs"
+        raise ConfigError(f"{_prefix(path, sources)}{exc}") from None
+    for key, value in kwargs.items():
+        if key == "backbone":
+            pairs = [(f"model.kwargs.backbone.{k}", backbone[k], v) for k, v in value.items()]
+        else:
+            pairs = [(f"model.kwargs.{key}", numbers[key], value)]
+        for path, table_value, new_value in pairs:
+            if table_value is not None and _kind(new_value) != _kind(table_value):
+                raise ConfigError(f"{_prefix(path, sources)}{path} = {new_value!r} must be a {_kind(table_value)} "
+                                  f"like {name}'s published value {table_value!r}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {list: "list", str: "string", dict: "mapping"}.get(type(value), type(value).__name__)
 
 
 def validate(data: dict[str, Any], sources: dict[str, str], file_order: list[str] | None = None) -> None:

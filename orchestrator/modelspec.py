@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from orchestrator.detr_table import DETR_MODELS
+
 Check = Callable[[Any], "str | None"]  # returns a problem ("must be > 0") or None
 
 
@@ -89,7 +91,7 @@ SSD_KWARGS: dict[str, Kwarg] = {
 class ModelSpec:
     """One detector. Only ``family`` and ``backbone`` are required, so a new kind of model (a
     transformer detector, a toolbox trainer) is one short entry; the defaults mean "no such option"."""
-    family: str                      # detector family; for torchvision its class: faster_rcnn | retinanet | fcos | ssd
+    family: str                      # faster_rcnn | retinanet | fcos | ssd (torchvision) | detr (detr_table)
     backbone: str                    # how backbone stages are frozen: resnet | mobilenet_fpn | ssd | none
     trainable_layers: tuple[int, ...] = ()  # the trainable_backbone_layers values that can be honoured
     default_trainable: int = 0       # torchvision's count for a pretrained model
@@ -135,7 +137,25 @@ MODELS: dict[str, ModelSpec] = {
                                                square_input=True, default_size=320, kwargs=SSD_KWARGS,
                                                batchnorm_1x1_up_to_size=512),
 }
+# The transformer detectors (Hugging Face ``transformers``, the optional extra orch[detr]): their
+# architecture numbers live in orchestrator/detr_table.py, which also checks their model.kwargs (any
+# table number, e.g. decoder_layers, or backbone: {depths: [...]}). RT-DETRv2 and D-FINE resize to one
+# 640 px square; the DETR/Deformable/Conditional DETR recipe is short side 800, long side <= 1333.
+# No trainable_backbone_layers (use an optimizer.param_groups rule); backbone BatchNorm freezing is
+# the table's freeze_backbone_batch_norms, not model.frozen_bn.
+DETR_FAMILY = "detr"
+_DETR_INPUT = {"rt_detr_v2": dict(square_input=True, default_size=640),
+               "d_fine": dict(square_input=True, default_size=640)}
+for _name, _arch in DETR_MODELS.items():
+    MODELS[_name] = ModelSpec(DETR_FAMILY, "none", **_DETR_INPUT.get(_arch.family, dict(default_size=800)))
+DETR_DEFAULT_MAX_SIZE = 1333  # the DETR papers' long-side cap (non-square DETR models)
 MODEL_NAMES = tuple(MODELS)
+
+
+def is_detr(name: Any) -> bool:
+    """Whether ``name`` is one of the transformer detectors of orchestrator/detr_table.py."""
+    spec = MODELS.get(name)  # type: ignore[arg-type]
+    return spec is not None and spec.family == DETR_FAMILY
 
 
 def batchnorm_trains(spec: ModelSpec, model_cfg: Mapping[str, Any]) -> bool:

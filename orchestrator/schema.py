@@ -121,6 +121,12 @@ PARAM_GROUP: dict[str, Field] = {
     "lr_mult": Field(NUM, default=1.0, check=between(0, 1000)),
     "decay_mult": Field(NUM, default=1.0, check=between(0, 1000)),
 }
+# An exponential moving average of the weights (RT-DETR's ModelEMA): any model may use it; eval uses it.
+EMA: dict[str, Field] = {
+    "decay": Field(NUM, check=lambda v: None if 0 <= v < 1 else "must be >= 0 and < 1", doc="e.g. 0.9999"),
+    "warmup_iters": Field(INT, default=2000, check=between(0, MAX_ITERS),
+                          doc="decay ramps up as decay * (1 - exp(-updates / warmup_iters)); 0: no ramp"),
+}
 
 SCHEMA: dict[str, Any] = {
     "name": Field(STR, nullable=True, doc="run name prefix (default: the config file's stem)"),
@@ -136,6 +142,8 @@ SCHEMA: dict[str, Any] = {
                                            doc="range per model: orchestrator/modelspec.py"),
         "frozen_bn": Field(BOOL, nullable=True, doc="freeze backbone BatchNorm (default: when fine-tuning)"),
         "kwargs": Field(DICT, nullable=True, doc="detector keywords; per model: orchestrator/modelspec.py"),
+        "ema": Field(DICT, nullable=True, keys=EMA, required=("decay",),
+                     doc="{decay: 0.9999, warmup_iters: 2000}: EMA of the weights, saved, used for eval"),
     },
     "data": {
         "train": {
