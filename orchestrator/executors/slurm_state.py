@@ -19,6 +19,11 @@ Runner = Callable[[list[str]], subprocess.CompletedProcess]
 COMMAND_TIMEOUT_S = 60
 SACCT_FIELDS = ("JobID", "State", "Reason", "NodeList")
 FORGOTTEN = "Invalid job id specified"                      # scontrol: the controller does not know the job
+FORGOTTEN_TASK_RE = re.compile(r"Job \d+_\d+ not found")     # ...an array task (cancelled before it started)
+
+
+def _forgotten(stderr: str) -> bool:
+    return FORGOTTEN in stderr or FORGOTTEN_TASK_RE.search(stderr) is not None
 NO_ACCOUNTING = "accounting storage is disabled"            # sacct on a cluster without slurmdbd
 NO_NODES = ("", "(null)", "None assigned")
 NO_REASON = ("", "None", "(null)")
@@ -87,7 +92,7 @@ def job_status(job_id: str, run: Runner = run_command) -> dict[str, Any]:
     shown = run(["scontrol", "show", "job", "-o", job_id])
     if shown.returncode == 0 and "JobId=" in shown.stdout:
         return combined([scontrol_record(fields) for fields in parse_scontrol(shown.stdout)])
-    forgotten = FORGOTTEN in shown.stderr
+    forgotten = _forgotten(shown.stderr)
     if forgotten and "_" in job_id:
         array = run(["scontrol", "show", "job", "-o", job_id.split("_")[0]])
         if array.returncode == 0 and "JobId=" in array.stdout:
@@ -120,7 +125,7 @@ def array_status(array_id: str, run: Runner = run_command) -> dict[int, dict[str
             for task in (parse_array_task_ids(task_text) if task_text else []):
                 tasks[task] = status_fields(record)
         return tasks or None
-    if FORGOTTEN in shown.stderr and accounted is None:
+    if _forgotten(shown.stderr) and accounted is None:
         return None
     said = " ".join((shown.stderr or shown.stdout).split()) or f"scontrol exited with {shown.returncode}"
     from orchestrator.errors import OrchError

@@ -168,7 +168,7 @@ def test_two_nodes_one_process_each_equal_one_node_two_processes(one_node_refere
     capsys.readouterr()
     assert cli.main(["status", run_dir]) == 0
     out = capsys.readouterr().out
-    assert "nodes      n[1-2]" in out and re.search(r"node 0 +n1 +EXITED", out) and re.search(r"node 1 +n2 +EXITED", out)
+    assert "nodes      n1, n2" in out and re.search(r"node 0 +n1 +EXITED", out) and re.search(r"node 1 +n2 +EXITED", out)
     assert cli.main(["logs", run_dir]) == 0
     out = capsys.readouterr().out
     assert "[node 0 n1] [orch launch] node 0/2 (n1)" in out and "[node 1 n2] [orch launch] node 1/2 (n2)" in out

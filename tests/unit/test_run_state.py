@@ -411,3 +411,14 @@ def test_only_the_current_jobs_word_counts(run_dir, written_by, word, expected):
     fake.states["100"] = {"state": "UNKNOWN", "restarts": 0}
     write_job_status(path, state=word, iteration=3, job_id=written_by)
     assert submission.run_status(path)["state"] == expected
+
+
+def test_an_array_task_cancelled_while_pending_is_cancelled_not_unknown():
+    """SLURM 22.05 says `Job 4_2 not found` (not "Invalid job id") for such a task while it knows the array."""
+    def scontrol(cmd):
+        if cmd[-1] == "4_2":
+            return 1, "", slurm_text("scontrol_array_task_cancelled_pending_stderr.txt")
+        return 0, slurm_text("scontrol_array_held.txt"), ""
+
+    status = slurm_state.job_status("4_2", runner({"scontrol": scontrol, "sacct": (1, "", "no accounting")}))
+    assert status["state"] == "CANCELLED" and status["detail"] == "cancelled before it started"
