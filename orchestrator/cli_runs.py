@@ -93,6 +93,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         prepared = submission.prepare(config, run_name, executor_name)
         print(f"run {run_name} → {prepared.doc['run_dir']}  (dry run: nothing submitted)\n")
         print(planner.format_plan(prepared.plan))
+        from orchestrator import toolbox
+
+        if toolbox.is_toolbox(config):
+            print("\n" + toolbox.dry_run_text(prepared.doc))
         print(f"\n# {executor_name} submission script\n")
         print(prepared.executor.script(prepared.request))
         return 0

@@ -71,7 +71,11 @@ def build_plan(config: dict[str, Any], gpus: int | None = None, train_images: in
                             + (" (data.filter_empty drops every image without a usable box)"
                                if config["data"]["filter_empty"] else "")
                             + f"; check it with `orch data check {ann_file}`")
-    return planner.make_plan(config, train_images, gpus=gpus)
+    plan = planner.make_plan(config, train_images, gpus=gpus)
+    from orchestrator import kinds  # a toolbox's refusals (one node, no CPU torchrun, ...) before anything is queued
+
+    kinds.check_trainer(config, plan.to_dict())
+    return plan
 
 
 def check_run_name(name: str) -> str:

@@ -90,6 +90,9 @@ def submit(config: dict[str, Any], run_name: str, executor_name: str) -> dict[st
     prepared = prepare(config, run_name, executor_name)
     doc = runs.create_run_dir(config["work_dir"], run_name, prepared.plan, config)
     try:
+        from orchestrator import kinds
+
+        kinds.prepare_run(doc)  # what the toolbox needs in the run dir (ultralytics: the YOLO dataset view)
         with storage.secrets_in_env(storage.active()):  # the options this CLI used: config + user's
             submitted = prepared.executor.submit(prepared.request)
     except Exception:
