@@ -146,6 +146,8 @@ def format_status(s: dict) -> str:
     lines = [f"run        {s['run_name']}",
              f"state      {format_state(s)}  (job {s['job_id']}, {s['executor']}, attempt {s['attempt']})",
              f"progress   {s['iteration']}/{s['max_iters']} iterations ({pct:.1f}%)  eta {runs.format_eta(s['eta_s'])}"]
+    if s.get("max_epochs"):
+        lines.append(f"epoch      {s.get('epoch') or 0}/{s['max_epochs']}  ({s.get('kind') or 'toolbox'})")
     if s.get("metrics"):
         lines.append("train      " + "  ".join(f"{k} {v:.4g}" for k, v in s["metrics"].items()))
     if s.get("eval"):
@@ -158,6 +160,8 @@ def format_status(s: dict) -> str:
         lines.append(f"  node {node.get('node_rank')}   {format_node(node)}")
     if s.get("error"):
         lines.append(f"error      {s['error']}")
+    if s.get("note"):
+        lines.append(f"note       {s['note']}")
     lines.append(f"run dir    {s['run_dir']}")
     return "\n".join(lines)
 

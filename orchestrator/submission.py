@@ -90,9 +90,6 @@ def submit(config: dict[str, Any], run_name: str, executor_name: str) -> dict[st
     prepared = prepare(config, run_name, executor_name)
     doc = runs.create_run_dir(config["work_dir"], run_name, prepared.plan, config)
     try:
-        from orchestrator import kinds
-
-        kinds.prepare_run(doc)  # what the toolbox needs in the run dir (ultralytics: the YOLO dataset view)
         with storage.secrets_in_env(storage.active()):  # the options this CLI used: config + user's
             submitted = prepared.executor.submit(prepared.request)
     except Exception:
@@ -147,9 +144,12 @@ def run_status(run_dir: str, scheduler: dict[str, Any] | None = None) -> dict[st
         "run_name": doc["run_name"], "run_dir": run_dir, "state": state,
         "job_id": last["job_id"] if last else None, "executor": last["executor"] if last else None,
         "attempt": len(attempts) + int(scheduler.get("restarts") or 0),
-        "iteration": int(job.get("iteration") or 0), "max_iters": doc["plan"]["max_iters"],
-        "epoch": job.get("epoch"), "eta_s": job.get("eta_s") if state == "RUNNING" else None,
-        "latest_checkpoint": runs.latest_checkpoint(run_dir), "metrics": job.get("metrics") or {},
+        # a toolbox job's status.json (written by its launcher) counts in the toolbox's whole epochs
+        "iteration": int(job.get("iteration") or 0), "max_iters": job.get("max_iters") or doc["plan"]["max_iters"],
+        "epoch": job.get("epoch"), "max_epochs": job.get("max_epochs"), "kind": job.get("kind"),
+        "eta_s": job.get("eta_s") if state == "RUNNING" else None,
+        "latest_checkpoint": runs.latest_checkpoint(run_dir) or job.get("latest_checkpoint"),
+        "metrics": job.get("metrics") or {}, "note": job.get("note"),
         "eval": job.get("eval") or {}, "best_bbox_mAP": job.get("best_bbox_mAP"),
         # hosts of the current job: the scheduler's allocation, else those its launchers reported
         "nodes": list(scheduler.get("nodes") or []) or [n["hostname"] for n in nodes_seen if n.get("hostname")],
