@@ -341,7 +341,8 @@ def run_node(run_dir: str) -> str:
         code = _wait(relay.child, REDELIVER_S, tick)
         job = read_job_state(run_dir)
         record.update(state="EXITED", workers=0, exit_code=code, run_state=job.get("state"))
-        print(f"[orch launch] torchrun exited with {code}; run state {job.get('state')}", flush=True)
+        print(f"[orch launch] {'the toolbox' if kind_job else 'torchrun'} exited with {code}; run state {job.get('state')}",
+              flush=True)
         action = decide(Ended(exit_code=code, signals=tuple(relay.received), restarts=info["restarts"] + local_attempts,
                               max_requeues=resources["max_requeues"], scheduler=info["scheduler"],
                               peer_failure=watch.reason, job_error=job.get("error"), toolbox=kind_job is not None),

@@ -13,6 +13,7 @@ from orchestrator.errors import OrchError
 from orchestrator.executors.base import ACTIVE_STATES
 
 FOLLOW_POLL_S = 2.0
+STATUS_METRICS_SHOWN = 10
 
 
 def add_resource_flags(parser: argparse.ArgumentParser) -> None:
@@ -149,7 +150,9 @@ def format_status(s: dict) -> str:
     if s.get("max_epochs"):
         lines.append(f"epoch      {s.get('epoch') or 0}/{s['max_epochs']}  ({s.get('kind') or 'toolbox'})")
     if s.get("metrics"):
-        lines.append("train      " + "  ".join(f"{k} {v:.4g}" for k, v in s["metrics"].items()))
+        shown = list(s["metrics"].items())[:STATUS_METRICS_SHOWN]   # a toolbox logs dozens (`--json` has all)
+        more = len(s["metrics"]) - len(shown)
+        lines.append("train      " + "  ".join(f"{k} {v:.4g}" for k, v in shown) + (f"  (+{more} more)" if more else ""))
     if s.get("eval"):
         shown = {k: v for k, v in s["eval"].items() if k in ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75")}
         lines.append("eval       " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
