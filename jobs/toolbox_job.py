@@ -62,6 +62,9 @@ class ToolboxJob:
         plan = self.doc["plan"]
         node = {"node_rank": self.info["node_rank"], "nodes": self.info["nodes"],
                 "first_node": self.info["first_node"] or "localhost", "port": port}
+        before_start = getattr(self.kind, "before_start", None)   # optional (detectron2: its last_checkpoint)
+        if before_start is not None:
+            before_start(self.run_dir, self.doc, self.resumed_from)
         cmd = self.kind.node_command(self.doc, node, self.resumed_from)
         return toolbox.command_line(cmd, plan["gpus_per_node"], node, rdzv_id), dict(cmd.env), cmd.cwd
 

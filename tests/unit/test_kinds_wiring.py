@@ -144,3 +144,23 @@ def test_launcher_writes_status_from_the_toolbox_and_orch_status_reads_it(tmp_pa
     other = toolbox_job.ToolboxJob(doc, run_dir, {"node_rank": 1, "nodes": 2, "job_id": "123", "first_node": "n"})
     other.write_status("FAILED")                               # only node 0 owns status.json
     assert submission.read_job_status(run_dir)["state"] == "COMPLETED"
+
+
+def test_detectron2_resume_points_last_checkpoint_at_the_newest_loadable_file(tmp_path):
+    from kinds_util import TRAINERS, plan_doc_for
+
+    doc = plan_doc_for(TRAINERS["detectron2"], gpus=1, gpus_per_node=1)
+    doc["run_dir"] = run_dir = str(tmp_path / "run")
+    out = os.path.join(run_dir, "detectron2")
+    os.makedirs(out)
+    good = os.path.join(out, "model_0000049.pth")
+    with zipfile.ZipFile(good, "w") as archive:
+        archive.writestr("m/data.pkl", b"w" * 1000)
+    with open(os.path.join(out, "model_0000099.pth"), "wb") as f:
+        f.write(open(good, "rb").read()[:500])                    # torn
+    with open(os.path.join(out, "last_checkpoint"), "w") as f:
+        f.write("model_0000099.pth")
+    job = toolbox_job.ToolboxJob(doc, run_dir, {"node_rank": 0, "nodes": 1, "job_id": "9", "first_node": None})
+    argv, env, cwd = job.command("orch-9-0", 29400)
+    assert "--resume" in argv and job.resumed_from == good
+    assert open(os.path.join(out, "last_checkpoint")).read() == "model_0000049.pth"   # what --resume loads
