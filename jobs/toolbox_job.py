@@ -5,44 +5,16 @@
 is one, starts the toolbox's own resume from it. A toolbox writes no ``status.json``: for these jobs
 the launcher of node 0 owns it and rewrites it from the toolbox's own progress files
 (``kind.progress(...).status_fields()``) while the toolbox runs and once when it ends.
-Torch-free: a checkpoint's loadability is checked on its zip structure, or by ``torch.load`` in a
-child process for a file in torch's legacy (non-zip) format.
+Torch-free: a checkpoint's loadability is checked by :func:`orchestrator.toolbox.checkpoint_loads`.
 """
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import zipfile
 from typing import Any
 
 from orchestrator import kinds, runs, storage, toolbox
 
-LOAD_CHECK_TIMEOUT_S = 300
-
-
-def loadable(url: str) -> bool:
-    """Whether a checkpoint file can be loaded: a torn ``torch.save`` (killed mid-write) cannot.
-
-    ``torch.save`` writes a zip archive whose directory comes last, so a torn file has none and
-    every record carries a CRC; a file in the legacy format is loaded with ``torch.load`` in a child
-    process instead (the launcher stays torch-free).
-    """
-    if not storage.is_local(url):
-        return storage.exists(url)
-    path = storage.local_path(url)
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                return archive.testzip() is None
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
-        return False
-    code = "import sys, torch; torch.load(sys.argv[1], map_location='cpu', weights_only=False)"
-    try:
-        return subprocess.run([sys.executable, "-c", code, path], capture_output=True,
-                              timeout=LOAD_CHECK_TIMEOUT_S).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+loadable = toolbox.checkpoint_loads   # the check every start uses (torch-free; see there)
 
 
 class ToolboxJob:

@@ -312,8 +312,12 @@ def resume(run_dir: str, executor_name: str | None = None) -> dict[str, Any]:
         with storage.secrets_in_env(job_storage_options(doc, run_dir)):
             submitted = executor.submit(request)
         records.append_attempt(run_dir, doc["run_name"], submitted.job_id, name, submitted.log_dir, "resume")
+        from orchestrator import toolbox   # a toolbox resumes from its newest checkpoint that loads
+
+        from_checkpoint = toolbox.resume_from(run_dir, doc) if toolbox.is_toolbox(doc["config"]) \
+            else status["latest_checkpoint"]
         return {"run_name": doc["run_name"], "job_id": submitted.job_id, "executor": name,
-                "from_checkpoint": status["latest_checkpoint"], "previous_state": status["state"]}
+                "from_checkpoint": from_checkpoint, "previous_state": status["state"]}
 
 
 # ---------------------------------------------------------------- logs

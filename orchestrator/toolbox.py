@@ -7,14 +7,17 @@ the launcher (:mod:`jobs.launch`) then runs. Pure and torch-free.
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
+import zipfile
 from typing import Any
 
-from orchestrator import kinds
+from orchestrator import kinds, storage
 from orchestrator.kinds.base import NodeCommand
 
 DRY_RUN_FIRST_NODE = "<first node>"   # the allocation's first host is known only when the job starts
 DRY_RUN_PORT = 29400                  # the launcher picks one per job and attempt (jobs.launch.rendezvous)
+LOAD_CHECK_TIMEOUT_S = 300
 
 
 def kind_of(config: dict[str, Any]) -> str:
@@ -69,3 +72,32 @@ def dry_run_text(plan_doc: dict[str, Any], python: str = sys.executable) -> str:
     lines.append(shlex.join(command_line(resumed, plan["gpus_per_node"], {**node, "node_rank": 0},
                                          "orch-<job>-<restart>", python)))
     return "\n".join(lines)
+
+
+def checkpoint_loads(url: str) -> bool:
+    """Whether a checkpoint file can be loaded: a torn ``torch.save`` (killed mid-write) cannot.
+
+    ``torch.save`` writes a zip archive whose directory comes last, so a torn file has none, and
+    every record carries a CRC; a file in torch's legacy (non-zip) format is loaded with
+    ``torch.load`` in a child process instead, so this module stays torch-free.
+    """
+    if not storage.is_local(url):
+        return storage.exists(url)
+    path = storage.local_path(url)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+    code = "import sys, torch; torch.load(sys.argv[1], map_location='cpu', weights_only=False)"
+    try:
+        return subprocess.run([sys.executable, "-c", code, path], capture_output=True,
+                              timeout=LOAD_CHECK_TIMEOUT_S).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def resume_from(run_dir: str, plan_doc: dict[str, Any]) -> str | None:
+    """The toolbox checkpoint the next start resumes from: its newest one that loads (None: from the start)."""
+    return kinds.get(kind_of(plan_doc["config"])).resume_checkpoint(run_dir, plan_doc, loadable=checkpoint_loads)

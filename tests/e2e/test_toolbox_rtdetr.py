@@ -8,7 +8,7 @@ import glob
 
 import pytest
 
-from jobs.toolbox_job import loadable
+from orchestrator.toolbox import checkpoint_loads as loadable
 from jobutil import ROOT, data_overrides, make_dataset, wait_for
 from orchestrator import cli, submission
 
@@ -84,14 +84,18 @@ def test_rtdetr_killed_resumes_from_last_pth_then_from_the_previous_checkpoint(t
 
     assert cli.main(["submit", str(config), "--name", "rt", f"work_dir={work_dir}", *data_overrides(data_root)]) == 0
     kill_after_epoch(0)
+    capsys.readouterr()
     assert cli.main(["resume", "rt", "--work-dir", work_dir]) == 0
+    assert f"from {out_dir}/last.pth" in capsys.readouterr().out
     wait_for(lambda: len(launch_lines(run_dir)) == 2, 30, "the second start")
     assert f"-r {out_dir}/last.pth" in launch_lines(run_dir)[1]
 
     kill_after_epoch(1)
     with open(os.path.join(out_dir, "last.pth"), "r+b") as f:   # a kill during its in-place torch.save
         f.truncate(os.path.getsize(os.path.join(out_dir, "last.pth")) // 2)
+    capsys.readouterr()
     assert cli.main(["resume", "rt", "--work-dir", work_dir]) == 0
+    assert f"from {out_dir}/checkpoint0001.pth" in capsys.readouterr().out   # what it will resume from
     wait_for(lambda: submission.run_status(run_dir)["state"] not in ("RUNNING", "PENDING"), 240, "the run to end")
     third = launch_lines(run_dir)[2]
     assert f"-r {out_dir}/checkpoint0001.pth" in third and "last.pth" not in third

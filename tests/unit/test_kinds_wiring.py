@@ -164,3 +164,18 @@ def test_detectron2_resume_points_last_checkpoint_at_the_newest_loadable_file(tm
     argv, env, cwd = job.command("orch-9-0", 29400)
     assert "--resume" in argv and job.resumed_from == good
     assert open(os.path.join(out, "last_checkpoint")).read() == "model_0000049.pth"   # what --resume loads
+
+
+def test_resume_from_skips_a_torn_last_checkpoint(tmp_path):
+    from kinds_util import TRAINERS, plan_doc_for
+
+    doc = plan_doc_for(TRAINERS["rtdetr"], gpus=1, gpus_per_node=1)
+    doc["run_dir"] = run_dir = str(tmp_path / "run")
+    out = os.path.join(run_dir, "rtdetr")
+    os.makedirs(out)
+    for name in ("checkpoint0000.pth", "checkpoint0001.pth", "last.pth"):
+        with zipfile.ZipFile(os.path.join(out, name), "w") as archive:
+            archive.writestr("m/data.pkl", name.encode() * 500)
+    assert toolbox.resume_from(run_dir, doc) == os.path.join(out, "last.pth")
+    os.truncate(os.path.join(out, "last.pth"), 300)                 # killed during its in-place torch.save
+    assert toolbox.resume_from(run_dir, doc) == os.path.join(out, "checkpoint0001.pth")
