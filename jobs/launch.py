@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 from types import FrameType
 
-from jobs import entry
+from jobs import entry, toolbox_job
 from jobs.preemption import EXIT_REQUEUE
-from orchestrator import procfs, runs, storage
+from orchestrator import procfs, runs, storage, toolbox
 from orchestrator.errors import OrchError
 
 RDZV_BASE_PORT = 29400
@@ -270,6 +270,7 @@ class Ended:
     scheduler: str                 # "slurm" or "local"
     peer_failure: str | None = None   # another node failed and this node's workers were stopped (PeerWatch)
     job_error: str | None = None      # status.json's error, when it could be read: words for the message only
+    toolbox: bool = False             # a toolbox trains (trainer.kind): it does not checkpoint on a warning
 
 
 @dataclass(frozen=True)
@@ -285,7 +286,8 @@ def decide(ended: Ended, run_name: str) -> Action:
     signals = ", ".join(ended.signals) or "a signal"
     if ended.exit_code == 0:
         return Action(DONE)
-    if ended.exit_code == EXIT_REQUEUE and warned:
+    # a toolbox ends a warning its own way (killed by it, or its own exit code): it resumes from its last checkpoint
+    if warned and (ended.exit_code == EXIT_REQUEUE or ended.toolbox):
         if ended.restarts >= ended.max_requeues:
             return Action(FAIL, f"preempted {ended.restarts + 1} times (resources.max_requeues={ended.max_requeues}); "
                                 f"not requeued again: {resume}")
@@ -308,13 +310,22 @@ def run_node(run_dir: str) -> str:
     record = NodeRecord(run_dir, info)
     watch = PeerWatch(record)
     local_attempts = 0
+    kind_job = toolbox_job.ToolboxJob(doc, run_dir, info) if toolbox.is_toolbox(doc["config"]) else None
     while True:
-        cmd = torchrun_command(run_dir, plan["gpus_per_node"], info)
+        added_env, cwd = {}, None
+        if kind_job is not None:
+            rdzv_id, port = rendezvous(info)
+            cmd, added_env, cwd = kind_job.command(f"{rdzv_id}-{local_attempts}", port)
+        else:
+            cmd = torchrun_command(run_dir, plan["gpus_per_node"], info)
         print(f"[orch launch] node {info['node_rank']}/{info['nodes']} ({socket.gethostname()}) job {info['job_id']} "
               f"restart {info['restarts'] + local_attempts}: {' '.join(cmd)}", flush=True)
         # ORCH_JOB_ID: status.json names the job that wrote it, so `orch status` tells this job's word from an earlier one's
-        relay.child = subprocess.Popen(cmd, env={**worker_env(plan["gpus_per_node"]), "ORCH_JOB_ID": str(info["job_id"])})
+        relay.child = subprocess.Popen(cmd, cwd=cwd, env={**worker_env(plan["gpus_per_node"]), **added_env,
+                                                          "ORCH_JOB_ID": str(info["job_id"])})
         record.update(state="RUNNING", restart=info["restarts"] + local_attempts, exit_code=None)
+        if kind_job is not None:
+            kind_job.write_status("RUNNING")
         next_heartbeat = time.monotonic() + NODE_HEARTBEAT_S
 
         def tick() -> None:
@@ -324,14 +335,22 @@ def run_node(run_dir: str) -> str:
                 next_heartbeat = time.monotonic() + NODE_HEARTBEAT_S
                 record.heartbeat(relay.child)
                 watch.check(relay.child)
+                if kind_job is not None:
+                    kind_job.write_status("RUNNING")
 
         code = _wait(relay.child, REDELIVER_S, tick)
         job = read_job_state(run_dir)
         record.update(state="EXITED", workers=0, exit_code=code, run_state=job.get("state"))
-        print(f"[orch launch] torchrun exited with {code}; run state {job.get('state')}", flush=True)
+        print(f"[orch launch] {'the toolbox' if kind_job else 'torchrun'} exited with {code}; run state {job.get('state')}",
+              flush=True)
         action = decide(Ended(exit_code=code, signals=tuple(relay.received), restarts=info["restarts"] + local_attempts,
                               max_requeues=resources["max_requeues"], scheduler=info["scheduler"],
-                              peer_failure=watch.reason, job_error=job.get("error")), doc["run_name"])
+                              peer_failure=watch.reason, job_error=job.get("error"), toolbox=kind_job is not None),
+                        doc["run_name"])
+        if kind_job is not None:
+            kind_job.write_status({DONE: "COMPLETED", FAIL: "FAILED"}.get(action.kind, "PREEMPTED"),
+                                  error=action.message or None,
+                                  note=kind_job.lost_work_note() if action.kind in (REQUEUE, RESTART) else None)
         if action.kind == DONE:
             return "COMPLETED"
         if action.kind == REQUEUE:

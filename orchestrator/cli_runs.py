@@ -13,6 +13,7 @@ from orchestrator.errors import OrchError
 from orchestrator.executors.base import ACTIVE_STATES
 
 FOLLOW_POLL_S = 2.0
+STATUS_METRICS_SHOWN = 10
 
 
 def add_resource_flags(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +94,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         prepared = submission.prepare(config, run_name, executor_name)
         print(f"run {run_name} → {prepared.doc['run_dir']}  (dry run: nothing submitted)\n")
         print(planner.format_plan(prepared.plan))
+        from orchestrator import toolbox
+
+        if toolbox.is_toolbox(config):
+            print("\n" + toolbox.dry_run_text(prepared.doc))
         print(f"\n# {executor_name} submission script\n")
         print(prepared.executor.script(prepared.request))
         return 0
@@ -142,8 +147,12 @@ def format_status(s: dict) -> str:
     lines = [f"run        {s['run_name']}",
              f"state      {format_state(s)}  (job {s['job_id']}, {s['executor']}, attempt {s['attempt']})",
              f"progress   {s['iteration']}/{s['max_iters']} iterations ({pct:.1f}%)  eta {runs.format_eta(s['eta_s'])}"]
+    if s.get("max_epochs"):
+        lines.append(f"epoch      {s.get('epoch') or 0}/{s['max_epochs']}  ({s.get('kind') or 'toolbox'})")
     if s.get("metrics"):
-        lines.append("train      " + "  ".join(f"{k} {v:.4g}" for k, v in s["metrics"].items()))
+        shown = list(s["metrics"].items())[:STATUS_METRICS_SHOWN]   # a toolbox logs dozens (`--json` has all)
+        more = len(s["metrics"]) - len(shown)
+        lines.append("train      " + "  ".join(f"{k} {v:.4g}" for k, v in shown) + (f"  (+{more} more)" if more else ""))
     if s.get("eval"):
         shown = {k: v for k, v in s["eval"].items() if k in ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75")}
         lines.append("eval       " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
@@ -154,6 +163,8 @@ def format_status(s: dict) -> str:
         lines.append(f"  node {node.get('node_rank')}   {format_node(node)}")
     if s.get("error"):
         lines.append(f"error      {s['error']}")
+    if s.get("note"):
+        lines.append(f"note       {s['note']}")
     lines.append(f"run dir    {s['run_dir']}")
     return "\n".join(lines)
 

@@ -415,6 +415,28 @@ def validate(data: dict[str, Any], sources: dict[str, str], file_order: list[str
     validate_keys(data, sources)
     _resolve_either_or(data, sources, list(file_order or []))
     _check_model(data["model"], sources)
+    _check_trainer(data["trainer"], sources)
+
+
+def _check_trainer(trainer: dict[str, Any], sources: dict[str, str]) -> None:
+    """``trainer.kind`` names a kind (did-you-mean), and the other keys are that kind's (orchestrator.kinds)."""
+    from orchestrator import kinds  # torch-free, pure modules
+
+    kind = trainer.get("kind", kinds.BUILTIN)
+    source = _where("trainer.kind", sources) or "the config"
+    if not isinstance(kind, str) or kind not in kinds.KIND_NAMES:
+        close = difflib.get_close_matches(str(kind), kinds.KIND_NAMES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{source}: trainer.kind = {kind!r} is not one of {', '.join(kinds.KIND_NAMES)}{hint}")
+    if kind == kinds.BUILTIN:
+        extra = sorted(k for k in trainer if k != "kind")
+        if extra:
+            raise ConfigError(f"{_where('trainer.' + extra[0], sources) or source}: trainer.{extra[0]} is not a key of "
+                              f"the built-in trainer (trainer.kind = 'orch' takes no other keys); set trainer.kind to "
+                              f"the toolbox it belongs to ({', '.join(kinds.KINDS)})")
+        return
+    module = kinds.get(kind, source)
+    kinds.base.check_keys(trainer, kind, module.KEYS, module.REQUIRED, source)
 
 
 def _leaf_paths(value: Any, prefix: str) -> list[str]:

@@ -71,7 +71,11 @@ def build_plan(config: dict[str, Any], gpus: int | None = None, train_images: in
                             + (" (data.filter_empty drops every image without a usable box)"
                                if config["data"]["filter_empty"] else "")
                             + f"; check it with `orch data check {ann_file}`")
-    return planner.make_plan(config, train_images, gpus=gpus)
+    plan = planner.make_plan(config, train_images, gpus=gpus)
+    from orchestrator import kinds  # a toolbox's refusals (one node, no CPU torchrun, ...) before anything is queued
+
+    kinds.check_trainer(config, plan.to_dict())
+    return plan
 
 
 def check_run_name(name: str) -> str:
@@ -110,7 +114,7 @@ def plan_document(run_name: str, run_dir: str, plan: planner.Plan, config: dict[
 
 def create_run_dir(work_dir: str, run_name: str, plan: planner.Plan, config: dict[str, Any],
                    sweep: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Create ``<work_dir>/<run_name>`` with config.yml and plan.json; refuse to overwrite a run."""
+    """Create ``<work_dir>/<run_name>`` with config.yml, plan.json and the kind's own files; refuse to overwrite a run."""
     run_dir = storage.join(work_dir, check_run_name(run_name))
     if storage.exists(storage.join(run_dir, PLAN_FILE)):
         raise OrchError(f"run {run_dir} already exists; pick another --name or `orch resume {run_name}`")
@@ -118,6 +122,9 @@ def create_run_dir(work_dir: str, run_name: str, plan: planner.Plan, config: dic
     storage.makedirs(run_dir)
     storage.write_text(storage.join(run_dir, CONFIG_FILE), _config_yaml(doc["config"]))
     write_json(storage.join(run_dir, PLAN_FILE), doc)
+    from orchestrator import kinds
+
+    kinds.prepare_run(doc)  # what a toolbox needs in the run dir before its job starts (ultralytics: the YOLO view)
     return doc
 
 

@@ -219,6 +219,9 @@ SCHEMA: dict[str, Any] = {
         "signal_delay_s": Field(INT, default=120, check=between(1, 86400)),
         "use_cpu": Field(BOOL, default=False, doc="force CPU + gloo even if CUDA is present"),
     },
+    # The kind's own keys are checked per kind (orchestrator.kinds, via config._check_trainer).
+    "trainer": Field(DICT, default={"kind": "orch"},
+                     doc="what trains: kind (orch | ultralytics | rtdetr | mmdet | detectron2 | command) and its keys"),
 }
 
 # Pairs that say one thing two ways. One layer (a file, or the command line) may set only one of

@@ -127,9 +127,12 @@ def run_status(run_dir: str, scheduler: dict[str, Any] | None = None) -> dict[st
         "run_name": doc["run_name"], "run_dir": run_dir, "state": state,
         "job_id": last["job_id"] if last else None, "executor": last["executor"] if last else None,
         "attempt": len(attempts) + int(scheduler.get("restarts") or 0),
-        "iteration": int(job.get("iteration") or 0), "max_iters": doc["plan"]["max_iters"],
-        "epoch": job.get("epoch"), "eta_s": job.get("eta_s") if state == "RUNNING" else None,
-        "latest_checkpoint": runs.latest_checkpoint(run_dir), "metrics": job.get("metrics") or {},
+        # a toolbox job's status.json (written by its launcher) counts in the toolbox's whole epochs
+        "iteration": int(job.get("iteration") or 0), "max_iters": job.get("max_iters") or doc["plan"]["max_iters"],
+        "epoch": job.get("epoch"), "max_epochs": job.get("max_epochs"), "kind": job.get("kind"),
+        "eta_s": job.get("eta_s") if state == "RUNNING" else None,
+        "latest_checkpoint": runs.latest_checkpoint(run_dir) or job.get("latest_checkpoint"),
+        "metrics": job.get("metrics") or {}, "note": job.get("note"),
         "eval": job.get("eval") or {}, "best_bbox_mAP": job.get("best_bbox_mAP"),
         # hosts of the current job: the scheduler's allocation, else those its launchers reported
         "nodes": list(scheduler.get("nodes") or []) or [n["hostname"] for n in nodes_seen if n.get("hostname")],
@@ -292,8 +295,12 @@ def resume(run_dir: str, executor_name: str | None = None) -> dict[str, Any]:
         with storage.secrets_in_env(job_storage_options(doc, run_dir)):
             submitted = executor.submit(request)
         records.append_attempt(run_dir, doc["run_name"], submitted.job_id, name, submitted.log_dir, "resume")
+        from orchestrator import toolbox   # a toolbox resumes from its newest checkpoint that loads
+
+        from_checkpoint = toolbox.resume_from(run_dir, doc) if toolbox.is_toolbox(doc["config"]) \
+            else status["latest_checkpoint"]
         return {"run_name": doc["run_name"], "job_id": submitted.job_id, "executor": name,
-                "from_checkpoint": status["latest_checkpoint"], "previous_state": status["state"]}
+                "from_checkpoint": from_checkpoint, "previous_state": status["state"]}
 
 
 # ---------------------------------------------------------------- logs

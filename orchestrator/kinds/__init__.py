@@ -37,6 +37,9 @@ The contract of a kind module (``ultralytics``, ``rtdetr``, ``mmdet``, ``detectr
 ``progress(run_dir, plan_doc) -> base.Progress``
     Epoch/iteration of max, metrics, bbox mAP (0-1), best mAP, latest checkpoint and ETA where the
     toolbox's own outputs give it, read through :mod:`orchestrator.storage`.
+``before_start(run_dir, plan_doc, resume_from)`` (optional; detectron2)
+    Called by the job on every node before each start, with the checkpoint it resumes from
+    (detectron2: ``last_checkpoint`` is pointed at it).
 ``prepare_run(plan_doc)`` (ultralytics only, via :func:`prepare_run`)
     Writes what the toolbox needs in the run dir before the job starts (the YOLO dataset view).
 """

@@ -110,6 +110,19 @@ def resume_checkpoint(run_dir: str, plan_doc: dict[str, Any] | None = None,
     return base.newest_loadable(checkpoint_candidates(run_dir), loadable)
 
 
+def before_start(run_dir: str, plan_doc: dict[str, Any], resume_from: str | None) -> None:
+    """Point ``last_checkpoint`` at ``resume_from`` (``--resume`` loads only what it names), when it names another file."""
+    if not resume_from:
+        return
+    url = storage.join(output_dir(run_dir), "last_checkpoint")
+    try:
+        recorded = storage.read_text(url).strip()
+    except FileNotFoundError:
+        recorded = ""
+    if recorded != storage.basename(resume_from):
+        storage.write_text(url, storage.basename(resume_from))
+
+
 def progress(run_dir: str, plan_doc: dict[str, Any]) -> Progress:
     plan = plan_doc["plan"]
     train_line: dict[str, Any] = {}

@@ -51,6 +51,24 @@ def test_decide(code, signals, restarts, scheduler, peer, error, kind, says):
         assert "`orch resume r1`" in action.message
 
 
+@pytest.mark.parametrize("code,signals,restarts,scheduler,kind,says", [
+    # a toolbox does not checkpoint on a warning: whatever ends it after one, it resumes from its last checkpoint
+    (-12, ("SIGUSR2",), 0, "slurm", REQUEUE, ""),          # killed by the forwarded SIGUSR2
+    (1, ("SIGUSR2",), 0, "local", RESTART, ""),            # its own exit code
+    (EXIT_REQUEUE, ("SIGUSR1",), 0, "slurm", REQUEUE, ""),   # a hook that checkpointed and asked for a requeue
+    (-12, ("SIGUSR2",), 3, "slurm", FAIL, "preempted 4 times"),
+    (0, ("SIGUSR2",), 0, "slurm", DONE, ""),               # finished before the kill
+    # a cancel, or a failure without a warning: stop, as for orch's own trainer
+    (-15, ("SIGTERM",), 0, "local", FAIL, "stopped by SIGTERM"),
+    (2, (), 0, "slurm", FAIL, "torchrun exited with code 2"),
+])
+def test_decide_toolbox(code, signals, restarts, scheduler, kind, says):
+    action = decide(Ended(exit_code=code, signals=signals, restarts=restarts, max_requeues=3, scheduler=scheduler,
+                          toolbox=True), "r1")
+    assert action.kind == kind
+    assert says in action.message
+
+
 def test_decide_reads_no_file():
     """Everything decide() needs is in Ended: the status.json text is at most words in a message."""
     with_error = Ended(EXIT_REQUEUE, ("SIGUSR2",), 0, 3, "slurm", job_error="could not write status.json")
