@@ -38,7 +38,7 @@ class LaunchError(RuntimeError):
 
 
 class SignalRelay:
-    """Replace submitit's handlers: remember the signal and pass it to torchrun's process group.
+    """The launcher's own handlers: remember the signal and pass it to torchrun's process group.
 
     A worker that has not yet installed its handler (the first instant of its start) ignores the
     signal, so until torchrun exits the signal is sent again every REDELIVER_S to the workers
@@ -83,7 +83,7 @@ class SignalRelay:
 
 
 def node_info() -> dict:
-    """This node's place in the allocation (SLURM, submitit local, or a plain shell)."""
+    """This node's place in the allocation (SLURM, or the local executor / a plain shell)."""
     env = os.environ
     if "SLURM_JOB_ID" in env:
         job_id = env.get("SLURM_ARRAY_JOB_ID") and f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" \

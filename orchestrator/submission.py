@@ -314,7 +314,7 @@ def log_files(run_dir: str) -> list[tuple[str, str]]:
     if not os.path.isdir(log_dir):
         return []
     files = [f for f in os.listdir(log_dir) if f.startswith(f"{job_id}_") and f.endswith(".out")]
-    # one task per node: submitit's task number is the node rank; the launchers' records name the host
+    # one task per node: the task number in the log name is the node rank; the launchers' records name the host
     hosts = {str(r.get("node_rank")): r.get("hostname") for r in node_status(run_dir, job_id)}
     out = []
     for name in sorted(files, key=lambda f: _task_number(f[len(job_id) + 1:].split("_")[0])):

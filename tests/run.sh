@@ -11,8 +11,8 @@ PINS="torch==2.14.1 torchvision==0.29.1"
 # What pip installed (the orch command, pinned versions, the test extra), looked up from / :
 # importing orchestrator here would succeed from the source tree even when orch is not installed.
 # shellcheck disable=SC2086
-if ! (cd / && python3 "$ROOT/tools/installed.py" --extra test $PINS); then
-  echo "tests/run.sh: installing (pip install $PINS -e .[test])" >&2
-  python3 -m pip install -q $PINS -e ".[test]"
+if ! (cd / && python3 "$ROOT/tools/installed.py" --extra test,toolbox-test $PINS); then
+  echo "tests/run.sh: installing (pip install $PINS -e .[test,toolbox-test])" >&2
+  python3 -m pip install -q $PINS -e ".[test,toolbox-test]"
 fi
 exec python3 -m pytest -q -p no:cacheprovider --durations=15 "$@" tests

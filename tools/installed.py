@@ -1,6 +1,6 @@
 """Is orch really installed? Exit 0 if so; else say what is missing (one line) and exit 1.
 
-    python3 tools/installed.py [--extra test] [torch==2.14.1 ...]
+    python3 tools/installed.py [--extra test[,toolbox-test]] [torch==2.14.1 ...]
 
 Used by demo.sh and tests/run.sh to decide whether to run pip. Importing ``orchestrator`` from
 the repository root proves nothing (the source tree is importable, ``orch`` may still be missing),
@@ -22,7 +22,8 @@ _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
 def requirements(extra: str | None) -> list[str]:
-    """Requirement strings of pyproject.toml: the dependencies, plus the extra's."""
+    """Requirement strings of pyproject.toml: the dependencies, plus the extras' (comma-separated)."""
+    extras = [e for e in (extra or "").split(",") if e]
     with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
         text = f.read()
     try:
@@ -31,9 +32,9 @@ def requirements(extra: str | None) -> list[str]:
         def array(key: str) -> list[str]:
             found = re.search(rf"(?m)^{re.escape(key)}\s*=\s*\[(.*?)\]", text, re.S)
             return re.findall(r'"([^"]+)"', found.group(1)) if found else []
-        return array("dependencies") + (array(extra) if extra else [])
+        return array("dependencies") + [req for e in extras for req in array(e)]
     project = tomllib.loads(text)["project"]
-    return list(project["dependencies"]) + (list(project["optional-dependencies"][extra]) if extra else [])
+    return list(project["dependencies"]) + [req for e in extras for req in project["optional-dependencies"][e]]
 
 
 def normalise(name: str) -> str:
