@@ -50,7 +50,7 @@ def _predicted_top_scores(path: str) -> list[float]:
     return [by_image[k] for k in sorted(by_image)], {r["category_id"] for r in results}
 
 
-def test_predict_and_export_take_a_hugging_face_folder(dataset, tmp_path, capsys):
+def test_predict_eval_and_export_take_a_hugging_face_folder(dataset, tmp_path, capsys):
     torch.manual_seed(0)
     model = build_detr(NAME, 3)
     folder = tmp_path / "hf-release"
@@ -63,6 +63,10 @@ def test_predict_and_export_take_a_hugging_face_folder(dataset, tmp_path, capsys
     scores, categories = _predicted_top_scores(str(out))
     assert scores == pytest.approx(_direct_top_scores(model, val), abs=1e-5)
     assert categories <= {3, 7, 11}
+    code, text, err = orch(capsys, "eval", folder, "--model", NAME, "--data", dataset["val"]["ann_file"], "--images",
+                           val, "--min-size", SIZE, "--workers", 0)
+    assert code == 0, text + err
+    assert sum(line.startswith(" Average ") for line in text.splitlines()) == 12
     code, text, err = orch(capsys, "export", folder, "--model", NAME, "--categories", dataset["train"]["ann_file"],
                            "--min-size", SIZE, "--out", tmp_path / "hf.onnx")
     assert code == 0, text + err
