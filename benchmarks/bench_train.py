@@ -1,7 +1,13 @@
 """Training speed: the job's loop (jobs/engine.py) against a plain loop on the same model and data.
 
     python benchmarks/bench_train.py [--model ssdlite320_mobilenet_v3_large] [--iters 30] [--batch 4]
-                                     [--size 320] [--workers 2]
+                                     [--size 320] [--workers 2] [--tiny]
+
+``--model rtdetr_v2_r18vd`` (any transformer detector; pip install 'orch[detr]') benchmarks
+``transformers``' model the same way; ``--tiny`` shrinks it to the tests' tiny variant
+(orchestrator.detr_table.tiny_overrides). The plain loop calls the model through the same adapter
+as the job (jobs.models.build_adapter: torchvision's ``model(images, targets)``, or the DETR
+preprocessing and target conversion), so both loops feed the model the same tensors.
 
 Prints, for each: seconds per iteration, images per second, data-wait fraction (time the loop
 waited for the next batch / step time) and peak memory (CUDA max allocated, else process max RSS).
@@ -46,6 +52,12 @@ def make_doc(tmp: str, args: argparse.Namespace) -> dict:
                  "schedule.checkpoint_every_iters=100000", f"work_dir={tmp}/runs", "optimizer.base_lr=0.001"]
     if args.size != 320 or "ssd" not in args.model:
         overrides += [f"model.min_size={args.size}", f"model.max_size={args.size}"]
+    if args.tiny:
+        import yaml
+
+        from orchestrator.detr_table import tiny_overrides
+
+        overrides.append(f"model.kwargs={yaml.safe_dump(tiny_overrides(args.model), default_flow_style=True).strip()}")
     loaded = config_mod.load_config(os.path.join(ROOT, "configs", "demo.yml"), overrides)
     plan = runs.build_plan(loaded.data, gpus=1)
     return runs.create_run_dir(f"{tmp}/runs", "bench", plan, loaded.data)
@@ -58,6 +70,7 @@ def plain_loop(doc: dict, device) -> dict:
 
     loader = data.build_train_loader(doc["config"], doc["plan"], 0, 1)
     model = models.build_model(doc["config"]["model"], len(loader.dataset.category_ids) + 1).to(device).train()
+    adapter = models.build_adapter(doc["config"]["model"])
     cfg = doc["config"]["optimizer"]  # the same SGD as the job's (momentum, weight decay)
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
     steps, waits = [], []
@@ -74,7 +87,7 @@ def plain_loop(doc: dict, device) -> dict:
         wait = time.perf_counter() - t0
         images = [im.to(device) for im in images]
         targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-        loss = sum(model(images, targets).values())
+        loss = sum(adapter.forward_train(model, images, targets).values())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -123,6 +136,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", choices=("plain", "job"))
+    parser.add_argument("--tiny", action="store_true", help="a transformer detector's tiny test variant")
     args = parser.parse_args()
     import logging
 
@@ -130,7 +144,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"{args.model}, batch {args.batch}, {args.size} px, {args.workers} workers, {args.iters} iterations "
+    print(f"{args.model}{' (tiny)' if args.tiny else ''}, batch {args.batch}, {args.size} px, {args.workers} workers, {args.iters} iterations "
           f"after {WARMUP} warm-up, device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'loop':<8} {'s/iter':>8} {'img/s':>8} {'data wait':>10} {'peak MB':>9}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -119,6 +119,16 @@ def to_hf_targets(targets: Sequence[dict[str, Any]], sizes: Sequence[tuple[int, 
 def postprocess(logits: torch.Tensor, pred_boxes: torch.Tensor, sizes: Sequence[tuple[int, int]],
                 rule: FamilyRule) -> list[dict[str, torch.Tensor]]:
     """Detections in the pixels of images of ``sizes`` (H, W): xyxy boxes, scores, labels 1..K."""
+    sizes_wh = torch.tensor([[w, h] for h, w in sizes], device=logits.device)
+    boxes, scores, labels = postprocess_batch(logits, pred_boxes, sizes_wh, rule)
+    return [{"boxes": boxes[b], "scores": scores[b], "labels": labels[b]} for b in range(len(sizes))]
+
+
+def postprocess_batch(logits: torch.Tensor, pred_boxes: torch.Tensor, sizes_wh: torch.Tensor,
+                      rule: FamilyRule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`postprocess` as tensors, which the ONNX export traces: ``sizes_wh`` [B, 2] (width,
+    height, as the official RT-DETR's ``orig_target_sizes``) -> boxes [B, K, 4] xyxy pixels,
+    scores [B, K], labels [B, K] (1..K)."""
     num_queries, num_classes = logits.shape[1], logits.shape[2]
     if rule.scoring == "softmax":
         scores, labels = logits.softmax(-1)[..., :-1].max(-1)
@@ -127,13 +137,10 @@ def postprocess(logits: torch.Tensor, pred_boxes: torch.Tensor, sizes: Sequence[
         k = min(rule.top_k or num_queries, num_queries * num_classes)
         scores, index = logits.sigmoid().flatten(1).topk(k, dim=1)
         labels, query = index % num_classes, index // num_classes
-    results = []
-    for b, (height, width) in enumerate(sizes):
-        cx, cy, w, h = pred_boxes[b, query[b]].float().unbind(-1)
-        xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
-        xyxy = xyxy * xyxy.new_tensor([width, height, width, height])
-        results.append({"boxes": xyxy, "scores": scores[b].float(), "labels": labels[b] + 1})
-    return results
+    cx, cy, w, h = pred_boxes.gather(1, query.unsqueeze(-1).expand(-1, -1, 4)).float().unbind(-1)
+    xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+    xyxy = xyxy * sizes_wh.to(xyxy.dtype).repeat(1, 2)[:, None, :]
+    return xyxy, scores.float(), labels + 1
 
 
 _LOSS_SUFFIX = re.compile(r"(_(aux|dn|enc|pre))?(_\d+)?$")

@@ -368,3 +368,34 @@ def _log_report(url: str, report: dict[str, list]) -> None:
              "unexpected %d", url, len(report["loaded"]), [k for k, _, _ in report["skipped"]] or "none",
              len(report["missing"]), len(report["unexpected"]))
 
+
+
+def release_state_dict(name: str, url: str, **overrides: Any) -> dict[str, Any] | None:
+    """The weights of a released model in ``name``'s own tensor names, for inference outside a run
+    (``orch eval/predict/export --model NAME``): an HF folder, or an official RT-DETR ``.pth``
+    (``{"model": ...}`` / ``{"ema": {"module": ...}}``), at the class count it was released with.
+    None when ``url`` is neither (an orch checkpoint, read the usual way)."""
+    from jobs.detr_models import build_detr
+
+    if _is_hf_folder(url):
+        folder_config = json.loads(storage.read_text(storage.join(url, "config.json")))
+        num_classes = len(folder_config.get("id2label") or {}) or int(folder_config.get("num_labels") or 0)
+        if num_classes < 1:
+            raise OrchError(f"{url}/config.json lists no classes (id2label / num_labels); re-save the model with "
+                            f"save_pretrained")
+        model = build_detr(name, num_classes, **overrides)
+        load_hf_folder(model, url)
+        return model.state_dict()
+    if not storage.exists(url) or storage.isdir(url):
+        return None
+    state = unwrap_official(read_weights(url))
+    if not _looks_official(state):
+        return None
+    head = state.get("decoder.enc_score_head.weight")
+    if head is None:
+        raise OrchError(f"{url} looks like an official RT-DETR checkpoint but has no decoder.enc_score_head.weight, "
+                        f"so its class count is unknown; pass the release .pth as downloaded")
+    model = build_detr(name, int(head.shape[0]), **overrides)
+    mapped, _report_ = map_official_state_dict(state, model, where=url)
+    model.load_state_dict(mapped, strict=False)
+    return model.state_dict()

@@ -135,8 +135,9 @@ def load_model(ref: str, *, model_name: str | None = None, config_file: str | No
                work_dir: str | None = None) -> LoadedModel:
     """Build the detector a checkpoint (or run) was trained as and load its weights (module docstring)."""
     url, run_dir = resolve_checkpoint(ref, work_dir)
-    state = read_checkpoint(url)
-    weights = model_state(state, url)
+    release = _release_weights(url, run_dir, model_name)
+    state = {} if release is not None else read_checkpoint(url)
+    weights = release if release is not None else model_state(state, url)
     config = None
     if config_file:
         config = config_mod.load_config(config_file).data
@@ -181,6 +182,16 @@ def load_model(ref: str, *, model_name: str | None = None, config_file: str | No
     loaded.model = _build_and_load(inference_model_cfg(model_cfg, weights), num_classes, weights, url)
     loaded.model.to(loaded.device).eval()
     return loaded
+
+
+def _release_weights(url: str, run_dir: str | None, model_name: str | None) -> dict[str, torch.Tensor] | None:
+    """A transformer detector's release outside a run dir (an HF folder or an official RT-DETR .pth),
+    in the model's own tensor names; None for anything else (an orch checkpoint)."""
+    if run_dir is not None or not modelspec.is_detr(model_name):
+        return None
+    from jobs import detr_weights
+
+    return detr_weights.release_state_dict(model_name, url)
 
 
 def _find_categories(loaded: LoadedModel, categories_file: str | None, train_ann: str | None,

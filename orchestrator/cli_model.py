@@ -55,7 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "export", help="export a checkpoint to ONNX with post-processing (NMS) inside",
         description="ONNX graph: images float32 [B,3,H,W] RGB in [0,1] -> boxes [N,4] (xyxy px), scores [N], "
                     "labels [N] (1..K; category ids in the metadata), batch_index [N]. B is 1 unless "
-                    "--dynamic-batch. --check compares onnxruntime with torch on real images.")
+                    "--dynamic-batch. RT-DETRv2 and D-FINE: the official deploy interface, any B: images "
+                    "[B,3,S,S] resized to the input size + orig_target_sizes [B,2] (w, h) -> labels [B,K], "
+                    "boxes [B,K,4], scores [B,K]. --check compares onnxruntime with torch on real images.")
     p.add_argument("checkpoint", metavar="CKPT|RUN", help=CKPT_HELP)
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
     p.add_argument("--opset", type=positive_int, default=17, metavar="N", help="ONNX opset (default: 17)")
@@ -262,6 +264,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     _check_json_inputs(("--categories", args.categories))
     from jobs import export
     from jobs.predict import list_images
+    from orchestrator import modelspec
 
     loaded = _load(args, device="cpu")
     if loaded.category_ids is None:
@@ -275,6 +278,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise OrchError(f"--check needs images and {loaded.checkpoint_url} has no run val set: pass --images DIR")
         check_dir = storage.absolute(check_dir)
         names = list_images(check_dir)[:args.check_images]
+    if modelspec.is_detr(loaded.name):  # RT-DETRv2 / D-FINE: the official deploy graph's interface
+        return _export_detr(args, loaded, out, check_dir, names if args.check else [])
     result = export.export_onnx(loaded, out, opset=args.opset, dynamic_batch=args.dynamic_batch)
     print(loaded.describe())
     batch = "B" if args.dynamic_batch else "1"
@@ -284,6 +289,23 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     report = export.check_onnx(result["payload"], loaded, check_dir, names, dynamic_batch=args.dynamic_batch,
                                box_tol_px=args.box_tol)
+    print("onnx.checker: OK")
+    print(report.render_text())
+    return 0 if report.ok else 1
+
+
+def _export_detr(args: argparse.Namespace, loaded, out: str, check_dir: str | None, names: list[str]) -> int:
+    from jobs import detr_export
+
+    result = detr_export.export_onnx(loaded, out, opset=args.opset)
+    print(loaded.describe())
+    size = result["size"]
+    print(f"wrote {out} ({result['bytes'] / 1e6:.1f} MB, opset {args.opset}, {result['seconds']:.1f} s): images "
+          f"[B,3,{size},{size}] (RGB in [0,1], resized to {size}x{size}) + orig_target_sizes [B,2] (w, h) -> "
+          f"labels [B,K], boxes [B,K,4], scores [B,K]; any batch size, no NMS")
+    if not args.check:
+        return 0
+    report = detr_export.check_onnx(result["payload"], loaded, check_dir, names, box_tol_px=args.box_tol)
     print("onnx.checker: OK")
     print(report.render_text())
     return 0 if report.ok else 1

@@ -40,6 +40,8 @@ def resolve_checkpoint(ref: str, work_dir: str | None = None) -> tuple[str, str 
         run_dir = _as_run_dir(storage.join(base, ref))  # a run name
     if run_dir is not None:
         return pick_run_checkpoint(run_dir), run_dir
+    if is_hf_folder(url):  # a transformers detector's save_pretrained folder (with --model NAME)
+        return url.rstrip("/"), None
     if not storage.exists(url) or storage.isdir(url):
         raise OrchError(f"checkpoint {url} does not exist; pass a .pth file, or a run dir (or run name) made by "
                         f"`orch submit` to use its best checkpoint")
@@ -66,8 +68,14 @@ def pick_run_checkpoint(run_dir: str) -> str:
     return storage.join(directory, complete[-1][1])
 
 
+def is_hf_folder(url: str) -> bool:
+    return storage.isdir(url) and storage.exists(storage.join(url, "config.json"))
+
+
 def check_checkpoint_header(url: str) -> None:
     """Refuse a file whose first bytes are neither a zip archive nor a pickle: torch.save never wrote it."""
+    if is_hf_folder(url):
+        return  # safetensors, read by transformers
     with storage.open_url(url, "rb") as f:
         head = f.read(4)
     if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC):
