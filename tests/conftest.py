@@ -80,3 +80,14 @@ def _no_partition_check_outside_cluster_tests(request, monkeypatch):
     local test cluster happens to be up must not decide them. Cluster tests check against it for real."""
     if request.node.get_closest_marker("cluster") is None and "test_slurm_limits" not in request.node.nodeid:
         monkeypatch.setenv("ORCH_SKIP_SLURM_CHECK", "1")
+
+
+# --- nothing may patch PIL for the whole session ------------------------------------------------
+def pytest_sessionfinish(session, exitstatus):
+    """ultralytics replaces PIL.Image.open when imported; tests run it as a program, never in-process."""
+    import sys
+
+    if "ultralytics" in sys.modules:
+        print("\nconftest: a test imported ultralytics in the pytest process (it patches PIL.Image.open "
+              "process-wide); run it as a subprocess instead", file=sys.stderr)
+        session.exitstatus = 1

@@ -92,7 +92,7 @@ def job_status(job_id: str, run: Runner = run_command) -> dict[str, Any]:
     shown = run(["scontrol", "show", "job", "-o", job_id])
     if shown.returncode == 0 and "JobId=" in shown.stdout:
         return combined([scontrol_record(fields) for fields in parse_scontrol(shown.stdout)])
-    forgotten = _forgotten(shown.stderr)
+    forgotten = _forgotten(shown.stderr + shown.stdout)   # 22.05 prints 'Job A_T not found' on stdout
     if forgotten and "_" in job_id:
         array = run(["scontrol", "show", "job", "-o", job_id.split("_")[0]])
         if array.returncode == 0 and "JobId=" in array.stdout:
@@ -125,7 +125,7 @@ def array_status(array_id: str, run: Runner = run_command) -> dict[int, dict[str
             for task in (parse_array_task_ids(task_text) if task_text else []):
                 tasks[task] = status_fields(record)
         return tasks or None
-    if _forgotten(shown.stderr) and accounted is None:
+    if _forgotten(shown.stderr + shown.stdout) and accounted is None:
         return None
     said = " ".join((shown.stderr or shown.stdout).split()) or f"scontrol exited with {shown.returncode}"
     from orchestrator.errors import OrchError

@@ -2,6 +2,7 @@
 the end, a preemption warning (SIGUSR2) mid-run restarts it from its last.pt, and `orch status` shows its
 epochs and mAP. Nothing mocked: the `yolo` command of the installed ultralytics runs."""
 import csv
+import importlib.util
 import glob
 import json
 import os
@@ -14,7 +15,8 @@ from jobs.toolbox_job import loadable
 from jobutil import data_overrides, make_dataset, read_status, wait_for
 from orchestrator import cli, submission
 
-pytest.importorskip("ultralytics")
+if importlib.util.find_spec("ultralytics") is None:   # never imported here: it patches PIL.Image.open process-wide
+    pytest.skip("ultralytics is not installed", allow_module_level=True)
 pytestmark = pytest.mark.e2e
 
 CONFIG = """\

@@ -414,10 +414,11 @@ def test_only_the_current_jobs_word_counts(run_dir, written_by, word, expected):
 
 
 def test_an_array_task_cancelled_while_pending_is_cancelled_not_unknown():
-    """SLURM 22.05 says `Job 4_2 not found` (not "Invalid job id") for such a task while it knows the array."""
+    """SLURM 22.05 prints `Job 4_2 not found` on stdout (not "Invalid job id" on stderr) for such a task while it
+    knows the array (captured from the local cluster)."""
     def scontrol(cmd):
         if cmd[-1] == "4_2":
-            return 1, "", slurm_text("scontrol_array_task_cancelled_pending_stderr.txt")
+            return 1, slurm_text("scontrol_array_task_cancelled_pending_stdout.txt"), ""   # on stdout, exit 1
         return 0, slurm_text("scontrol_array_held.txt"), ""
 
     status = slurm_state.job_status("4_2", runner({"scontrol": scontrol, "sacct": (1, "", "no accounting")}))
