@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from jobs import detr_adapter
-from jobs.export import CheckReport, ImageCheck, DEFAULT_BOX_TOL_PX, DEFAULT_SCORE_TOL, match_detections
+from jobs.export import CheckReport, ImageCheck, DEFAULT_BOX_TOL_PX, DEFAULT_SCORE_TOL, match_detections, write_onnx
 from jobs.predict import LoadedModel, read_image, to_tensor
 from orchestrator import storage
 from orchestrator.errors import OrchError
@@ -95,18 +95,11 @@ def export_onnx(loaded: LoadedModel, out_url: str, *, opset: int = 17) -> dict[s
         raise OrchError(f"ONNX export of {loaded.name} (opset {opset}) failed: {type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}; try another --opset") from None
     proto = onnx.load_from_string(buffer.getvalue())
-    proto.doc_string = f"{loaded.name} from {loaded.checkpoint_url}, exported by orch"
-    metadata = {"model": loaded.name, "checkpoint": loaded.checkpoint_url, "num_classes": str(loaded.num_classes),
-                "input": f"images float32 [B,3,{adapter.size},{adapter.size}] RGB in [0,1] (resized, bilinear with "
-                         f"antialiasing), orig_target_sizes int64 [B,2] (width, height)",
-                "outputs": "labels [B,K] (1..K), boxes [B,K,4] xyxy px of the original image, scores [B,K]",
-                "dynamic_batch": "true"}
-    if loaded.category_ids is not None:
-        metadata["category_ids"] = json.dumps(loaded.category_ids)
-        metadata["class_names"] = json.dumps([loaded.class_names.get(c, str(c)) for c in loaded.category_ids])
-    onnx.helper.set_model_props(proto, metadata)
-    payload = proto.SerializeToString()
-    storage.write_bytes(out_url, payload)
+    payload = write_onnx(proto, loaded, out_url,
+                         input=f"images float32 [B,3,{adapter.size},{adapter.size}] RGB in [0,1] (resized, bilinear "
+                               f"with antialiasing), orig_target_sizes int64 [B,2] (width, height)",
+                         outputs="labels [B,K] (1..K), boxes [B,K,4] xyxy px of the original image, scores [B,K]",
+                         dynamic_batch="true")
     return {"out": out_url, "bytes": len(payload), "seconds": time.perf_counter() - started,
             "payload": payload, "size": adapter.size}
 

@@ -79,6 +79,23 @@ def _trace_export(module: nn.Module, example: torch.Tensor, input_name: str, out
     return buffer.getvalue()
 
 
+
+def write_onnx(proto: Any, loaded: Any, out_url: str, **described: str) -> bytes:
+    """Stamp the model card (model, checkpoint, classes, the input/output contract) and write the file."""
+    import onnx
+
+    proto.doc_string = f"{loaded.name} from {loaded.checkpoint_url}, exported by orch"
+    metadata = {"model": loaded.name, "checkpoint": loaded.checkpoint_url, "num_classes": str(loaded.num_classes),
+                **described}
+    if loaded.category_ids is not None:
+        metadata["category_ids"] = json.dumps(loaded.category_ids)
+        metadata["class_names"] = json.dumps([loaded.class_names.get(c, str(c)) for c in loaded.category_ids])
+    onnx.helper.set_model_props(proto, metadata)
+    payload = proto.SerializeToString()
+    storage.write_bytes(out_url, payload)
+    return payload
+
+
 def export_onnx(loaded: LoadedModel, out_url: str, *, opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = False) -> dict[str, Any]:
     """Export ``loaded.model`` (on the CPU) to ``out_url``; returns ``{"out", "bytes", "seconds", "model"}``."""
@@ -97,17 +114,9 @@ def export_onnx(loaded: LoadedModel, out_url: str, *, opset: int = DEFAULT_OPSET
     except Exception as exc:  # torch.onnx raises many types; the message is what matters
         raise OrchError(f"ONNX export of {loaded.name} (opset {opset}) failed: {type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}; try another --opset") from None
-    proto.doc_string = f"{loaded.name} from {loaded.checkpoint_url}, exported by orch"
-    metadata = {"model": loaded.name, "checkpoint": loaded.checkpoint_url, "num_classes": str(loaded.num_classes),
-                "input": "images float32 [B,3,H,W] RGB in [0,1]",
-                "outputs": "boxes [N,4] xyxy px, scores [N], labels [N] (1..K), batch_index [N]",
-                "dynamic_batch": str(bool(dynamic_batch)).lower()}
-    if loaded.category_ids is not None:
-        metadata["category_ids"] = json.dumps(loaded.category_ids)
-        metadata["class_names"] = json.dumps([loaded.class_names.get(c, str(c)) for c in loaded.category_ids])
-    onnx.helper.set_model_props(proto, metadata)
-    payload = proto.SerializeToString()
-    storage.write_bytes(out_url, payload)
+    payload = write_onnx(proto, loaded, out_url, input="images float32 [B,3,H,W] RGB in [0,1]",
+                         outputs="boxes [N,4] xyxy px, scores [N], labels [N] (1..K), batch_index [N]",
+                         dynamic_batch=str(bool(dynamic_batch)).lower())
     loaded.model.to(loaded.device)
     return {"out": out_url, "bytes": len(payload), "seconds": time.perf_counter() - started, "proto": proto,
             "payload": payload}
