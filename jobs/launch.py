@@ -350,7 +350,8 @@ def run_node(run_dir: str) -> str:
         if kind_job is not None:
             kind_job.write_status({DONE: "COMPLETED", FAIL: "FAILED"}.get(action.kind, "PREEMPTED"),
                                   error=action.message or None,
-                                  note=kind_job.lost_work_note() if action.kind in (REQUEUE, RESTART) else None)
+                                  note=kind_job.lost_work_note(saved=code == EXIT_REQUEUE)
+                                  if action.kind in (REQUEUE, RESTART) else None)
         if action.kind == DONE:
             return "COMPLETED"
         if action.kind == REQUEUE:

@@ -19,6 +19,7 @@ mmengine writes ``<work_dir>/last_checkpoint`` (the path of the newest checkpoin
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any
 
@@ -37,6 +38,9 @@ KEYS: dict[str, Field] = {
     "resume_with_path": Field((bool,), default=True,
                               doc="false for scripts whose --resume takes no path (SSCMA's tools/train.py)"),
     "python": Field((str,), default="python3", doc="the python of the environment that has mmdetection"),
+    "save_on_warning": Field((bool,), default=True,
+                             doc="add orch's mmengine hook that saves a checkpoint at the preemption warning "
+                                 "(jobs/mmengine_hook.py; needs orch's checkout importable by trainer.python)"),
 }
 REQUIRED = ("root", "config")
 RESERVED = {
@@ -45,8 +49,14 @@ RESERVED = {
     "train_cfg.max_iters": "schedule.max_iters", "train_cfg.val_interval": "schedule.eval_every_epochs",
     "default_hooks.checkpoint.interval": "schedule.checkpoint_every_epochs", "work_dir": "work_dir",
     "auto_scale_lr.enable": "optimizer.lr_scaling", "randomness.seed": "seed", "resume": "`orch resume`",
+    "default_hooks.orch_preemption.type": "trainer.save_on_warning",
 }
 TIMESTAMP_DIR = re.compile(r"\d{8}_\d{6}")
+# orch's hook goes in as one more *default* hook: mmengine resolves a dotted type by importing it, and the
+# config's custom_hooks (a list, which --cfg-options could only replace) stay as the user wrote them
+HOOK_KEY = "default_hooks.orch_preemption.type"
+HOOK_TYPE = "jobs.mmengine_hook.PreemptionCheckpointHook"
+ORCH_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # holds jobs/
 
 
 def output_dir(run_dir: str) -> str:
@@ -87,6 +97,8 @@ def _options(config: dict[str, Any], plan: dict[str, Any], trainer: dict[str, An
                         "default_hooks.checkpoint.by_epoch": False})
     options.update({"default_hooks.logger.interval": plan.get("log_period_iters", 50),
                     "auto_scale_lr.enable": False, "randomness.seed": config.get("seed", 0)})
+    if trainer["save_on_warning"]:
+        options[HOOK_KEY] = HOOK_TYPE
     options.update(trainer["cfg_options"])
     return options
 
@@ -108,6 +120,8 @@ def node_command(plan_doc: dict[str, Any], node: dict[str, Any], resume_from: st
         env_resume = {}
     args += ["--cfg-options", *base.key_values(_options(config, plan, trainer))]
     env = {"ORCH_PLAN": storage.join(run_dir, "plan.json"), "ORCH_RUN_DIR": run_dir, **env_resume}
+    if trainer["save_on_warning"]:
+        env["PYTHONPATH"] = ORCH_ROOT   # the launcher appends the job's own PYTHONPATH (jobs/toolbox_job.py)
     if base.use_cpu(config):
         env["CUDA_VISIBLE_DEVICES"] = ""
     if single:
