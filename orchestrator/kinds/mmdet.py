@@ -19,7 +19,6 @@ mmengine writes ``<work_dir>/last_checkpoint`` (the path of the newest checkpoin
 from __future__ import annotations
 
 import json
-import os
 import re
 from typing import Any
 
@@ -56,7 +55,7 @@ TIMESTAMP_DIR = re.compile(r"\d{8}_\d{6}")
 # config's custom_hooks (a list, which --cfg-options could only replace) stay as the user wrote them
 HOOK_KEY = "default_hooks.orch_preemption.type"
 HOOK_TYPE = "jobs.mmengine_hook.PreemptionCheckpointHook"
-ORCH_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # holds jobs/
+ORCH_ROOT = base.ORCH_ROOT
 
 
 def output_dir(run_dir: str) -> str:

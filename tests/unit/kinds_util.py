@@ -7,7 +7,7 @@ from typing import Any
 
 from orchestrator import planner, schema
 from orchestrator.kinds import base
-from orchestrator.kinds.mmdet import ORCH_ROOT
+from orchestrator.kinds.base import ORCH_ROOT
 
 TRAINERS: dict[str, dict[str, Any]] = {
     "ultralytics": {"kind": "ultralytics", "model": "yolo11n.yaml", "args": {"imgsz": 320, "mosaic": 0.5}},
