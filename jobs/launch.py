@@ -270,7 +270,7 @@ class Ended:
     scheduler: str                 # "slurm" or "local"
     peer_failure: str | None = None   # another node failed and this node's workers were stopped (PeerWatch)
     job_error: str | None = None      # status.json's error, when it could be read: words for the message only
-    toolbox: bool = False             # a toolbox trains (trainer.kind): it does not checkpoint on a warning
+    toolbox: bool = False             # a toolbox trains (trainer.kind): requeued on a warning whatever its exit code
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,11 @@ mmengine writes ``<work_dir>/last_checkpoint`` (the path of the newest checkpoin
 ``epoch_N.pth`` / ``iter_N.pth`` and, per start, ``<work_dir>/<YYYYmmdd_HHMMSS>/vis_data/scalars.json``
 (one JSON object per line: train lines with ``iter``/``epoch``/``time``, val lines with
 ``coco/bbox_mAP``… and ``step`` = the epoch).
+
+At the preemption warning orch's hook (:mod:`jobs.mmengine_hook`, ``trainer.save_on_warning``) saves
+``preempted_iter_K.pth``, points ``last_checkpoint`` at it and exits for the requeue. It goes in as
+``default_hooks.orch_preemption`` (mmengine imports a dotted ``type``; ``PYTHONPATH`` names orch's
+checkout), so the config's ``custom_hooks`` list stays as it is.
 """
 from __future__ import annotations
 
