@@ -34,9 +34,9 @@ CONFIG = {
 }
 
 
-def start(tmp_path, work_dir, resume=False):
+def start(tmp_path, work_dir, resume=False, toy_config=CONFIG):
     config = tmp_path / "toy.json"
-    config.write_text(json.dumps(CONFIG))
+    config.write_text(json.dumps(toy_config))
     argv = [sys.executable, SCRIPT, str(config), "--work-dir", str(work_dir)] + (["--resume"] if resume else [])
     argv += ["--cfg-options", f"{mmdet.HOOK_KEY}={mmdet.HOOK_TYPE}"]
     env = {**os.environ, "PYTHONPATH": mmdet.ORCH_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -74,3 +74,29 @@ def test_sigusr2_saves_at_the_next_iteration_and_resume_continues_there(tmp_path
     assert proc.returncode == 0, out[-3000:]
     # the resumed run trains iteration saved_at + 1 first and goes on to the end: nothing repeated, nothing skipped
     assert trained_iters(work_dir) == list(range(1, MAX_ITERS + 1))
+
+
+def test_an_epoch_based_loop_trains_the_interrupted_epoch_again_from_the_saved_weights(tmp_path):
+    # mmengine's EpochBasedTrainLoop restarts an epoch at its first batch: the checkpoint records the epoch's start
+    epoch_config = dict(CONFIG, train_cfg={"by_epoch": True, "max_epochs": 2},
+                        default_hooks={"checkpoint": {"type": "CheckpointHook", "interval": 1000}})
+    iters_per_epoch = 32   # 64 samples, batch 2
+    work_dir = tmp_path / "work"
+    proc = start(tmp_path, work_dir, toy_config=epoch_config)
+    deadline = time.monotonic() + 60
+    while len(trained_iters(work_dir)) < iters_per_epoch + 3:   # a few iterations into the second epoch
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR2)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == EXIT_REQUEUE, out[-3000:]
+    stopped_at = trained_iters(work_dir)[-1]
+    assert iters_per_epoch < stopped_at < 2 * iters_per_epoch
+    pointer = (work_dir / "last_checkpoint").read_text()
+    assert pointer == str(work_dir / f"preempted_iter_{iters_per_epoch}.pth")
+    proc = start(tmp_path, work_dir, resume=True, toy_config=epoch_config)
+    out = proc.communicate(timeout=90)[0]
+    assert proc.returncode == 0, out[-3000:]
+    # the second epoch again from its first batch, iteration numbers in step with the schedule
+    assert trained_iters(work_dir) == list(range(1, stopped_at + 1)) + list(range(iters_per_epoch + 1,
+                                                                                2 * iters_per_epoch + 1))
