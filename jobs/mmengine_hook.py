@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from mmengine.dist import all_reduce, barrier, get_world_size, is_main_process
+from mmengine.dist import all_reduce, barrier, get_comm_device, get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.runner.loops import IterBasedTrainLoop
 
@@ -51,8 +51,7 @@ class PreemptionCheckpointHook(Hook):
             return self.flag.requested
         import torch
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        warned = torch.tensor([1 if self.flag.requested else 0], device=device)
+        warned = torch.tensor([1 if self.flag.requested else 0], device=get_comm_device())
         all_reduce(warned, op="sum")
         return bool(warned.item())
 

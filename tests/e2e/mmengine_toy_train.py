@@ -46,8 +46,13 @@ class ToyDataset(Dataset):
 class RecordIterHook(Hook):
     """The user's own hook: it must still run when orch adds its hook."""
 
+    def before_train(self, runner):
+        with open(os.path.join(runner.work_dir, f"pid-rank{runner.rank}"), "w") as f:
+            f.write(str(os.getpid()))
+
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        with open(os.path.join(runner.work_dir, "iters.txt"), "a") as f:
+        name = "iters.txt" if runner.rank == 0 else f"iters-rank{runner.rank}.txt"
+        with open(os.path.join(runner.work_dir, name), "a") as f:
             f.write(f"{runner.iter + 1}\n")
 
 
@@ -57,16 +62,21 @@ def main():
     parser.add_argument("--work-dir")
     parser.add_argument("--resume", nargs="?", const="auto")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+    parser.add_argument("--launcher", default="none")
     args = parser.parse_args()
     with open(args.config) as f:
         cfg = Config(json.load(f))
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     cfg.work_dir = args.work_dir
+    cfg.launcher = args.launcher
     if args.resume == "auto":
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
+    if args.launcher == "pytorch":   # mmengine's own init_dist wants a GPU: gloo on CPU, set up first
+        torch.distributed.init_process_group("gloo")
+        cfg.model_wrapper_cfg = {"type": "MMDistributedDataParallel", "device_ids": None}
     Runner.from_cfg(cfg).train()
 
 

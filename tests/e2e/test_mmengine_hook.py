@@ -34,10 +34,13 @@ CONFIG = {
 }
 
 
-def start(tmp_path, work_dir, resume=False, toy_config=CONFIG):
+def start(tmp_path, work_dir, resume=False, toy_config=CONFIG, ranks=1):
     config = tmp_path / "toy.json"
     config.write_text(json.dumps(toy_config))
     argv = [sys.executable, SCRIPT, str(config), "--work-dir", str(work_dir)] + (["--resume"] if resume else [])
+    if ranks > 1:   # torchrun's agent as orch runs it for its own trainer: it ignores the warning
+        argv = [sys.executable, "-m", "jobs.torchrun_wrapper", "--standalone", "--nnodes=1", f"--nproc-per-node={ranks}",
+                "--max-restarts=0", *argv[1:], "--launcher", "pytorch"]
     argv += ["--cfg-options", f"{mmdet.HOOK_KEY}={mmdet.HOOK_TYPE}"]
     env = {**os.environ, "PYTHONPATH": mmdet.ORCH_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -100,3 +103,19 @@ def test_an_epoch_based_loop_trains_the_interrupted_epoch_again_from_the_saved_w
     # the second epoch again from its first batch, iteration numbers in step with the schedule
     assert trained_iters(work_dir) == list(range(1, stopped_at + 1)) + list(range(iters_per_epoch + 1,
                                                                                 2 * iters_per_epoch + 1))
+
+
+def test_two_ranks_save_and_stop_at_the_same_iteration_when_one_got_the_warning(tmp_path):
+    work_dir = tmp_path / "work"
+    proc = start(tmp_path, work_dir, ranks=2)
+    deadline = time.monotonic() + 90
+    while len(trained_iters(work_dir)) < 5:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.05)
+    os.kill(int((work_dir / "pid-rank1").read_text()), signal.SIGUSR2)   # rank 1 alone: the ranks must agree
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == EXIT_REQUEUE, out[-3000:]
+    rank0 = trained_iters(work_dir)
+    rank1 = [int(line) for line in (work_dir / "iters-rank1.txt").read_text().split()]
+    assert rank0 == rank1 and 5 <= rank0[-1] < MAX_ITERS
+    assert (work_dir / "last_checkpoint").read_text() == str(work_dir / f"preempted_iter_{rank0[-1]}.pth")
