@@ -49,6 +49,9 @@ class NodeCommand:
     cwd: str | None = None
     launcher: str = "single"
     python: str | None = None
+    # the module the launcher runs as torchrun's agent: ``jobs.torchrun_wrapper`` keeps the agent alive through
+    # the warning (the workers save and exit EXIT_REQUEUE); needs orch's checkout on the toolbox's PYTHONPATH
+    agent: str = "torch.distributed.run"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -130,7 +130,9 @@ def node_command(plan_doc: dict[str, Any], node: dict[str, Any], resume_from: st
         env["CUDA_VISIBLE_DEVICES"] = ""
     if single:
         return NodeCommand(argv=[trainer["python"], *args], env=env, cwd=root, launcher="single")
-    return NodeCommand(argv=args, env=env, cwd=root, launcher="torchrun", python=trainer["python"])
+    # torchrun's own agent would die of the warning while the workers save; orch's ignores it
+    agent = "jobs.torchrun_wrapper" if trainer["save_on_warning"] else "torch.distributed.run"
+    return NodeCommand(argv=args, env=env, cwd=root, launcher="torchrun", python=trainer["python"], agent=agent)
 
 
 def checkpoint_candidates(run_dir: str) -> list[str]:

@@ -51,7 +51,8 @@ def node(rank: int, nodes: int) -> dict[str, Any]:
 
 
 def render(cmd: base.NodeCommand, rank: int) -> str:
-    lines = [f"# node {rank}: launcher={cmd.launcher} cwd={cmd.cwd}" + (f" python={cmd.python}" if cmd.python else "")]
+    lines = [f"# node {rank}: launcher={cmd.launcher} cwd={cmd.cwd}" + (f" python={cmd.python}" if cmd.python else "")
+             + (f" agent={cmd.agent}" if cmd.launcher == "torchrun" and cmd.agent != "torch.distributed.run" else "")]
     # the checkout's own path (where orch's mmengine hook is imported from) differs from machine to machine
     lines += [f"export {k}={shlex.quote(v.replace(ORCH_ROOT, '<orch>'))}" for k, v in sorted(cmd.env.items())]
     lines.append(shlex.join(cmd.argv))

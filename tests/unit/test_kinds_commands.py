@@ -105,6 +105,12 @@ def test_mmdet_adds_orchs_preemption_hook_as_a_default_hook_unless_turned_off():
                                                                                         "mmengine_hook.py"))
     plain = mmdet.node_command(plan_doc_for(dict(TRAINERS["mmdet"], save_on_warning=False), gpus=1), node(0, 1))
     assert not any(a.startswith(mmdet.HOOK_KEY) for a in plain.argv) and "PYTHONPATH" not in plain.env
+    # several GPUs: torchrun's agent is orch's, which outlives the warning while the workers save
+    from orchestrator import toolbox
+
+    for save, agent in ((True, "jobs.torchrun_wrapper"), (False, "torch.distributed.run")):
+        cmd = mmdet.node_command(plan_doc_for(dict(TRAINERS["mmdet"], save_on_warning=save), gpus=4), node(0, 1))
+        assert toolbox.command_line(cmd, 4, node(0, 1), "orch-1-0")[:3] == ["python3", "-m", agent]
     trainer = dict(TRAINERS["mmdet"], cfg_options={mmdet.HOOK_KEY: "MyHook"})
     doc = plan_doc_for(trainer, gpus=1)
     with pytest.raises(OrchError, match="save_on_warning"):
