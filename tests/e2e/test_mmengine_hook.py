@@ -13,6 +13,7 @@ import time
 import pytest
 
 from jobs.preemption import EXIT_REQUEUE
+from orchestrator import procfs
 from orchestrator.kinds import mmdet
 
 pytest.importorskip("mmengine")
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.e2e
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mmengine_toy_train.py")
 MAX_ITERS = 60
+STARTED: list = []
 CONFIG = {
     "model": {"type": "ToyModel"},
     "train_dataloader": {"dataset": {"type": "ToyDataset"}, "sampler": {"type": "DefaultSampler", "shuffle": False},
@@ -44,7 +46,24 @@ def start(tmp_path, work_dir, resume=False, toy_config=CONFIG, ranks=1):
     argv += ["--cfg-options", f"{mmdet.HOOK_KEY}={mmdet.HOOK_TYPE}"]
     env = {**os.environ, "PYTHONPATH": mmdet.ORCH_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    STARTED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def kill_leftovers():
+    """A failed test must not leave its training behind (it ignores SIGTERM: the hook's flag)."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            for pid in [proc.pid] + procfs.descendants(proc.pid):   # torchrun's workers: sessions of their own
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
 
 
 def trained_iters(work_dir):
