@@ -270,7 +270,7 @@ class Ended:
     scheduler: str                 # "slurm" or "local"
     peer_failure: str | None = None   # another node failed and this node's workers were stopped (PeerWatch)
     job_error: str | None = None      # status.json's error, when it could be read: words for the message only
-    toolbox: bool = False             # a toolbox trains (trainer.kind): it does not checkpoint on a warning
+    toolbox: bool = False             # a toolbox trains (trainer.kind): requeued on a warning whatever its exit code
 
 
 @dataclass(frozen=True)
@@ -350,7 +350,8 @@ def run_node(run_dir: str) -> str:
         if kind_job is not None:
             kind_job.write_status({DONE: "COMPLETED", FAIL: "FAILED"}.get(action.kind, "PREEMPTED"),
                                   error=action.message or None,
-                                  note=kind_job.lost_work_note() if action.kind in (REQUEUE, RESTART) else None)
+                                  note=kind_job.lost_work_note(saved=code == EXIT_REQUEUE)
+                                  if action.kind in (REQUEUE, RESTART) else None)
         if action.kind == DONE:
             return "COMPLETED"
         if action.kind == REQUEUE:

@@ -38,7 +38,10 @@ class ToolboxJob:
         if before_start is not None:
             before_start(self.run_dir, self.doc, self.resumed_from)
         cmd = self.kind.node_command(self.doc, node, self.resumed_from)
-        return toolbox.command_line(cmd, plan["gpus_per_node"], node, rdzv_id), dict(cmd.env), cmd.cwd
+        env = dict(cmd.env)
+        if "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):   # the kind's path first, the job's kept
+            env["PYTHONPATH"] += os.pathsep + os.environ["PYTHONPATH"]
+        return toolbox.command_line(cmd, plan["gpus_per_node"], node, rdzv_id), env, cmd.cwd
 
     def write_status(self, state: str, error: str | None = None, note: str | None = None) -> None:
         """status.json from the toolbox's own outputs (node 0 only); never fails the job."""
@@ -57,8 +60,11 @@ class ToolboxJob:
         except (storage.StorageError, OSError) as exc:
             print(f"[orch launch] could not write {self.status_url} (training goes on): {exc}", flush=True)
 
-    def lost_work_note(self) -> str:
-        """What a preemption costs a toolbox that saves nothing on the warning."""
+    def lost_work_note(self, saved: bool = False) -> str:
+        """What a preemption costs: nothing when the toolbox saved at the warning (orch's hook exits
+        EXIT_REQUEUE after saving), else the work since its last checkpoint."""
+        if saved:
+            return "preempted: the toolbox saved a checkpoint at the warning (orch's hook) and resumes from it"
         try:
             progress = self.kind.progress(self.run_dir, self.doc)
         except Exception:

@@ -38,7 +38,7 @@ def command_line(cmd: NodeCommand, nproc: int, node: dict[str, Any], rdzv_id: st
     """
     if cmd.launcher != "torchrun":
         return list(cmd.argv)
-    head = [cmd.python or python, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--max-restarts=0"]
+    head = [cmd.python or python, "-m", cmd.agent, f"--nproc-per-node={nproc}", "--max-restarts=0"]
     if node["nodes"] > 1:
         head += [f"--nnodes={node['nodes']}", "--rdzv-backend=c10d", f"--rdzv-endpoint={node['first_node']}:{node['port']}",
                  f"--rdzv-id={rdzv_id}"]

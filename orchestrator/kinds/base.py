@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 import posixpath
 import re
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,8 @@ from orchestrator.errors import OrchError
 from orchestrator.schema import Field
 
 LAUNCHERS = ("torchrun", "self", "single")
+# orch's checkout (it holds jobs/): the toolbox's python imports orch's hooks from here (PYTHONPATH)
+ORCH_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # A callable that says whether a checkpoint file can be loaded (the job passes one built on
 # torch.load; without one, a file counts when it exists and is not empty).
@@ -46,6 +49,9 @@ class NodeCommand:
     cwd: str | None = None
     launcher: str = "single"
     python: str | None = None
+    # the module the launcher runs as torchrun's agent: ``jobs.torchrun_wrapper`` keeps the agent alive through
+    # the warning (the workers save and exit EXIT_REQUEUE); needs orch's checkout on the toolbox's PYTHONPATH
+    agent: str = "torch.distributed.run"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -15,6 +15,11 @@ mmengine writes ``<work_dir>/last_checkpoint`` (the path of the newest checkpoin
 ``epoch_N.pth`` / ``iter_N.pth`` and, per start, ``<work_dir>/<YYYYmmdd_HHMMSS>/vis_data/scalars.json``
 (one JSON object per line: train lines with ``iter``/``epoch``/``time``, val lines with
 ``coco/bbox_mAP``… and ``step`` = the epoch).
+
+At the preemption warning orch's hook (:mod:`jobs.mmengine_hook`, ``trainer.save_on_warning``) saves
+``preempted_iter_K.pth``, points ``last_checkpoint`` at it and exits for the requeue. It goes in as
+``default_hooks.orch_preemption`` (mmengine imports a dotted ``type``; ``PYTHONPATH`` names orch's
+checkout), so the config's ``custom_hooks`` list stays as it is.
 """
 from __future__ import annotations
 
@@ -37,6 +42,9 @@ KEYS: dict[str, Field] = {
     "resume_with_path": Field((bool,), default=True,
                               doc="false for scripts whose --resume takes no path (SSCMA's tools/train.py)"),
     "python": Field((str,), default="python3", doc="the python of the environment that has mmdetection"),
+    "save_on_warning": Field((bool,), default=True,
+                             doc="add orch's mmengine hook that saves a checkpoint at the preemption warning "
+                                 "(jobs/mmengine_hook.py; needs orch's checkout importable by trainer.python)"),
 }
 REQUIRED = ("root", "config")
 RESERVED = {
@@ -45,8 +53,14 @@ RESERVED = {
     "train_cfg.max_iters": "schedule.max_iters", "train_cfg.val_interval": "schedule.eval_every_epochs",
     "default_hooks.checkpoint.interval": "schedule.checkpoint_every_epochs", "work_dir": "work_dir",
     "auto_scale_lr.enable": "optimizer.lr_scaling", "randomness.seed": "seed", "resume": "`orch resume`",
+    "default_hooks.orch_preemption.type": "trainer.save_on_warning",
 }
 TIMESTAMP_DIR = re.compile(r"\d{8}_\d{6}")
+# orch's hook goes in as one more *default* hook: mmengine resolves a dotted type by importing it, and the
+# config's custom_hooks (a list, which --cfg-options could only replace) stay as the user wrote them
+HOOK_KEY = "default_hooks.orch_preemption.type"
+HOOK_TYPE = "jobs.mmengine_hook.PreemptionCheckpointHook"
+ORCH_ROOT = base.ORCH_ROOT
 
 
 def output_dir(run_dir: str) -> str:
@@ -87,6 +101,8 @@ def _options(config: dict[str, Any], plan: dict[str, Any], trainer: dict[str, An
                         "default_hooks.checkpoint.by_epoch": False})
     options.update({"default_hooks.logger.interval": plan.get("log_period_iters", 50),
                     "auto_scale_lr.enable": False, "randomness.seed": config.get("seed", 0)})
+    if trainer["save_on_warning"]:
+        options[HOOK_KEY] = HOOK_TYPE
     options.update(trainer["cfg_options"])
     return options
 
@@ -108,11 +124,15 @@ def node_command(plan_doc: dict[str, Any], node: dict[str, Any], resume_from: st
         env_resume = {}
     args += ["--cfg-options", *base.key_values(_options(config, plan, trainer))]
     env = {"ORCH_PLAN": storage.join(run_dir, "plan.json"), "ORCH_RUN_DIR": run_dir, **env_resume}
+    if trainer["save_on_warning"]:
+        env["PYTHONPATH"] = ORCH_ROOT   # the launcher appends the job's own PYTHONPATH (jobs/toolbox_job.py)
     if base.use_cpu(config):
         env["CUDA_VISIBLE_DEVICES"] = ""
     if single:
         return NodeCommand(argv=[trainer["python"], *args], env=env, cwd=root, launcher="single")
-    return NodeCommand(argv=args, env=env, cwd=root, launcher="torchrun", python=trainer["python"])
+    # torchrun's own agent would die of the warning while the workers save; orch's ignores it
+    agent = "jobs.torchrun_wrapper" if trainer["save_on_warning"] else "torch.distributed.run"
+    return NodeCommand(argv=args, env=env, cwd=root, launcher="torchrun", python=trainer["python"], agent=agent)
 
 
 def checkpoint_candidates(run_dir: str) -> list[str]:

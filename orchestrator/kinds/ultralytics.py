@@ -1,6 +1,8 @@
 """Trainer kind ``ultralytics``: YOLO (v5u/v8/11) through the user's ``ultralytics`` install.
 
-ultralytics is AGPL: orch only ever runs its ``yolo`` command as a subprocess, never imports it.
+ultralytics is AGPL: the ``orchestrator`` package never imports it. It runs as ``yolo`` or, to save
+at the preemption warning (``trainer.save_on_warning``, the default), as ``python -m jobs.ultralytics_train``:
+``yolo``'s own entry point plus one callback, in a process of its own in the toolbox's environment.
 It trains on one node and spawns its own DDP workers for ``device=0,1,…`` (launcher ``self``).
 Where the plan goes: ``epochs`` (whole epochs, rounded up), ``batch`` (the total batch: ultralytics
 splits it over the GPUs), ``lr0``, ``optimizer``/``momentum``/``weight_decay``, ``warmup_epochs``,
@@ -28,6 +30,11 @@ KEYS: dict[str, Field] = {
     "args": Field((dict,), default={}, doc="more yolo key=value arguments, e.g. {imgsz: 640}"),
     "task": Field((str,), default="detect", choices=("detect",), doc="the yolo task"),
     "executable": Field((str,), default="yolo", doc="the yolo command of the environment that has ultralytics"),
+    "save_on_warning": Field((bool,), default=True,
+                             doc="run yolo through jobs/ultralytics_train.py, whose callback saves last.pt at the "
+                                 "preemption warning (false: the plain yolo command)"),
+    "python": Field((str,), default="python3",
+                    doc="the python of the environment that has ultralytics (with trainer.save_on_warning)"),
 }
 REQUIRED = ("model",)
 RESERVED = {  # yolo argument -> the orch key that sets it
@@ -88,8 +95,12 @@ def node_command(plan_doc: dict[str, Any], node: dict[str, Any], resume_from: st
     trainer = base.settings(config, KEYS)
     data_yaml = storage.join(dataset_dir(run_dir), "data.yaml")
     workers = (config.get("data") or {}).get("num_workers", 2)
-    head = [trainer["executable"], trainer["task"], "train"]
     env = {"ORCH_PLAN": storage.join(run_dir, "plan.json"), "ORCH_RUN_DIR": run_dir}
+    if trainer["save_on_warning"]:   # yolo's own command line, plus orch's callback (one GPU or CPU; see there)
+        head = [trainer["python"], "-m", "jobs.ultralytics_train", trainer["task"], "train"]
+        env["PYTHONPATH"] = base.ORCH_ROOT   # the launcher appends the job's own PYTHONPATH (jobs/toolbox_job.py)
+    else:
+        head = [trainer["executable"], trainer["task"], "train"]
     if resume_from:
         pairs = {"model": resume_from, "resume": True, "data": data_yaml, "device": _device(config, plan),
                  "workers": workers, "save_period": base.period_epochs(plan["checkpoint_period_iters"], plan)}

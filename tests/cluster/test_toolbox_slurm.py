@@ -48,6 +48,7 @@ def test_yolo_on_slurm_usr2_requeues_and_resumes_from_last_pt(slurm_cluster, wor
     assert fields["JobState"] == "COMPLETED", log[-3000:]
     assert int(fields.get("Restarts", "0")) == 1                      # requeued once by the launcher
     assert "requeueing SLURM job" in log and "resume=True" in log and f"model={last_pt}" in log
+    assert "[orch] preemption warning: saved" in log    # orch's callback saved last.pt at the warning
     status = submission.run_status(run_dir)
     assert status["state"] == "COMPLETED"
     assert (status["epoch"], status["max_epochs"]) == (4, 4) and "bbox_mAP" in status["eval"]

@@ -7,6 +7,7 @@ from typing import Any
 
 from orchestrator import planner, schema
 from orchestrator.kinds import base
+from orchestrator.kinds.base import ORCH_ROOT
 
 TRAINERS: dict[str, dict[str, Any]] = {
     "ultralytics": {"kind": "ultralytics", "model": "yolo11n.yaml", "args": {"imgsz": 320, "mosaic": 0.5}},
@@ -50,7 +51,9 @@ def node(rank: int, nodes: int) -> dict[str, Any]:
 
 
 def render(cmd: base.NodeCommand, rank: int) -> str:
-    lines = [f"# node {rank}: launcher={cmd.launcher} cwd={cmd.cwd}" + (f" python={cmd.python}" if cmd.python else "")]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(cmd.env.items())]
+    lines = [f"# node {rank}: launcher={cmd.launcher} cwd={cmd.cwd}" + (f" python={cmd.python}" if cmd.python else "")
+             + (f" agent={cmd.agent}" if cmd.launcher == "torchrun" and cmd.agent != "torch.distributed.run" else "")]
+    # the checkout's own path (where orch's mmengine hook is imported from) differs from machine to machine
+    lines += [f"export {k}={shlex.quote(v.replace(ORCH_ROOT, '<orch>'))}" for k, v in sorted(cmd.env.items())]
     lines.append(shlex.join(cmd.argv))
     return "\n".join(lines)

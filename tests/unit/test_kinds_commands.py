@@ -96,6 +96,27 @@ def test_sscma_resume_is_a_flag_without_a_path():
                         "--work-dir", "/runs/demo/mmdet", "--launcher"] and argv[6] == "none"
 
 
+def test_mmdet_adds_orchs_preemption_hook_as_a_default_hook_unless_turned_off():
+    from orchestrator.kinds import mmdet
+
+    hooked = mmdet.node_command(plan_doc_for(TRAINERS["mmdet"], gpus=1), node(0, 1))
+    assert f"{mmdet.HOOK_KEY}={mmdet.HOOK_TYPE}" in hooked.argv and not any("custom_hooks" in a for a in hooked.argv)
+    assert hooked.env["PYTHONPATH"] == mmdet.ORCH_ROOT and os.path.isfile(os.path.join(mmdet.ORCH_ROOT, "jobs",
+                                                                                        "mmengine_hook.py"))
+    plain = mmdet.node_command(plan_doc_for(dict(TRAINERS["mmdet"], save_on_warning=False), gpus=1), node(0, 1))
+    assert not any(a.startswith(mmdet.HOOK_KEY) for a in plain.argv) and "PYTHONPATH" not in plain.env
+    # several GPUs: torchrun's agent is orch's, which outlives the warning while the workers save
+    from orchestrator import toolbox
+
+    for save, agent in ((True, "jobs.torchrun_wrapper"), (False, "torch.distributed.run")):
+        cmd = mmdet.node_command(plan_doc_for(dict(TRAINERS["mmdet"], save_on_warning=save), gpus=4), node(0, 1))
+        assert toolbox.command_line(cmd, 4, node(0, 1), "orch-1-0")[:3] == ["python3", "-m", agent]
+    trainer = dict(TRAINERS["mmdet"], cfg_options={mmdet.HOOK_KEY: "MyHook"})
+    doc = plan_doc_for(trainer, gpus=1)
+    with pytest.raises(OrchError, match="save_on_warning"):
+        mmdet.check(doc["config"], doc["plan"])
+
+
 def test_rtdetr_tunes_from_init_checkpoint_only_on_a_fresh_start():
     doc = plan_doc_for(TRAINERS["rtdetr"], gpus=1, model={"init_checkpoint": "/w/rtdetrv2_r18vd.pth"})
     fresh = kinds.get("rtdetr").node_command(doc, node(0, 1))

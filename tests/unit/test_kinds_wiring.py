@@ -179,3 +179,25 @@ def test_resume_from_skips_a_torn_last_checkpoint(tmp_path):
     assert toolbox.resume_from(run_dir, doc) == os.path.join(out, "last.pth")
     os.truncate(os.path.join(out, "last.pth"), 300)                 # killed during its in-place torch.save
     assert toolbox.resume_from(run_dir, doc) == os.path.join(out, "checkpoint0001.pth")
+
+
+def test_mmdet_job_resumes_from_the_hooks_checkpoint_with_orch_first_on_pythonpath(tmp_path, monkeypatch):
+    from kinds_util import TRAINERS, plan_doc_for
+    from orchestrator.kinds import mmdet
+
+    doc = plan_doc_for(TRAINERS["mmdet"], gpus=1, gpus_per_node=1)
+    doc["run_dir"] = run_dir = str(tmp_path / "run")
+    out = os.path.join(run_dir, "mmdet")
+    os.makedirs(out)
+    saved = os.path.join(out, "preempted_iter_37.pth")          # what jobs/mmengine_hook.py writes at the warning
+    with zipfile.ZipFile(saved, "w") as archive:
+        archive.writestr("m/data.pkl", b"w" * 1000)
+    with open(os.path.join(out, "last_checkpoint"), "w") as f:
+        f.write(saved)
+    monkeypatch.setenv("PYTHONPATH", "/user/site")
+    job = toolbox_job.ToolboxJob(doc, run_dir, {"node_rank": 0, "nodes": 1, "job_id": "7", "first_node": None})
+    argv, env, cwd = job.command("orch-7-0", 29400)
+    assert argv[argv.index("--resume") + 1] == saved
+    assert env["PYTHONPATH"] == mmdet.ORCH_ROOT + os.pathsep + "/user/site"   # the user's path is kept
+    assert "saved a checkpoint at the warning" in job.lost_work_note(saved=True)
+    assert "repeats the work since" in job.lost_work_note(saved=False)
