@@ -32,11 +32,18 @@ from torchvision.transforms.v2 import functional as F
 
 from orchestrator import cocofile, storage
 from orchestrator.cocofile import AnnotationError
-from orchestrator.schema import AUGMENT_PHOTOMETRIC, AUGMENT_RESIZE
+from orchestrator.schema import AUGMENT_IOU_CROP, AUGMENT_PHOTOMETRIC, AUGMENT_RESIZE, AUGMENT_ZOOM_OUT
 
 log = logging.getLogger(__name__)
 
-DEFAULT_AUGMENT: dict[str, Any] = {"hflip": 0.5, "resize": None, "photometric": None}
+DEFAULT_AUGMENT: dict[str, Any] = {"hflip": 0.5, "resize": None, "photometric": None, "zoom_out": None,
+                                   "iou_crop": None, "stop_epoch": None}
+ZOOM_OUT_DEFAULTS = {"p": 0.5, "max_scale": 4.0}  # RT-DETR's RandomZoomOut(fill=0, side_range=(1, 4))
+IOU_CROP_DEFAULTS = {"p": 0.8}                   # RT-DETR's RandomIoUCrop(p=0.8)
+# torchvision's RandomIoUCrop defaults (SSD): crop scale, aspect ratio, min-IoU options, trials
+_IOU_CROP_SCALE, _IOU_CROP_ASPECT = (0.3, 1.0), (0.5, 2.0)
+_IOU_CROP_OPTIONS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+_IOU_CROP_TRIALS, _IOU_CROP_ROUNDS = 40, 50
 _PHOTOMETRIC_KEYS = tuple(AUGMENT_PHOTOMETRIC)  # the config schema's keys, in the order the jitters apply
 _RESIZE_KEYS = tuple(AUGMENT_RESIZE)
 
@@ -52,7 +59,7 @@ def derive_seed(*parts: int) -> int:
 def validate_augment(augment: dict[str, Any] | None) -> dict[str, Any]:
     """Fill defaults and reject unknown keys; ``None`` means no augmentation at all."""
     if augment is None:
-        return {"hflip": 0.0, "resize": None, "photometric": None}
+        return {**DEFAULT_AUGMENT, "hflip": 0.0}
     unknown = sorted(set(augment) - set(DEFAULT_AUGMENT))
     if unknown:
         raise ValueError(f"data.augment: unknown key(s) {unknown}; valid keys are {sorted(DEFAULT_AUGMENT)}")
@@ -81,7 +88,108 @@ def validate_augment(augment: dict[str, Any] | None) -> dict[str, Any]:
         cfg["photometric"] = {k: float(photometric.get(k) or 0.0) for k in _PHOTOMETRIC_KEYS}
         if not 0.0 <= cfg["photometric"]["hue"] <= 0.5:
             raise ValueError(f"data.augment.photometric.hue: {photometric['hue']!r} must be in [0, 0.5]")
+    for name, keys, defaults in (("zoom_out", AUGMENT_ZOOM_OUT, ZOOM_OUT_DEFAULTS),
+                                 ("iou_crop", AUGMENT_IOU_CROP, IOU_CROP_DEFAULTS)):
+        value = cfg[name]
+        if value is None:
+            continue
+        unknown = sorted(set(value) - set(keys))
+        if unknown:
+            raise ValueError(f"data.augment.{name}: unknown key(s) {unknown}; valid keys are {list(keys)}")
+        cfg[name] = {k: float(value.get(k) if value.get(k) is not None else v) for k, v in defaults.items()}
+        if not 0.0 <= cfg[name]["p"] <= 1.0:
+            raise ValueError(f"data.augment.{name}.p: {value['p']!r} must be a probability in [0, 1]")
+    if cfg["zoom_out"] is not None and cfg["zoom_out"]["max_scale"] < 1.0:
+        raise ValueError(f"data.augment.zoom_out.max_scale: {cfg['zoom_out']['max_scale']!r} must be >= 1")
+    if cfg["stop_epoch"] is not None:
+        cfg["stop_epoch"] = int(cfg["stop_epoch"])
     return cfg
+
+
+def augment_for_epoch(augment: dict[str, Any], epoch: int) -> dict[str, Any]:
+    """The validated ``augment`` in effect at ``epoch``: from ``stop_epoch`` on, photometric,
+    zoom-out and IoU-crop are off (RT-DETR's stop_epoch policy). A pure function of the epoch."""
+    stop = augment.get("stop_epoch")
+    if stop is None or epoch < stop:
+        return augment
+    return {**augment, "photometric": None, "zoom_out": None, "iou_crop": None}
+
+
+def _zoom_out(image: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes, cfg: dict[str, float],
+              gen: torch.Generator) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes]:
+    """RandomZoomOut(fill=0, side_range=(1, max_scale)): the image pasted at a random place on a
+    black canvas ``r`` times its size. Always four draws from ``gen``."""
+    apply, ratio, left_draw, top_draw = torch.rand(4, generator=gen).tolist()
+    if apply >= cfg["p"]:
+        return image, boxes
+    height, width = image.shape[-2:]
+    ratio = 1.0 + (cfg["max_scale"] - 1.0) * ratio
+    canvas_w, canvas_h = int(width * ratio), int(height * ratio)
+    left, top = int((canvas_w - width) * left_draw), int((canvas_h - height) * top_draw)
+    padding = [left, top, canvas_w - width - left, canvas_h - height - top]
+    return F.pad(image, padding, fill=0), F.pad(boxes, padding)
+
+
+def _iou_crop_window(boxes: torch.Tensor, height: int, width: int,
+                     gen: torch.Generator) -> tuple[int, int, int, int] | None:
+    """torchvision's RandomIoUCrop search (SSD): a window (top, left, h, w) holding some box centre
+    with IoU >= a drawn minimum, or None (no crop). Bounded rounds, all draws from ``gen``."""
+    from torchvision.ops import box_iou
+
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    for _ in range(_IOU_CROP_ROUNDS):
+        min_iou = _IOU_CROP_OPTIONS[int(torch.randint(len(_IOU_CROP_OPTIONS), (), generator=gen))]
+        if min_iou >= 1.0:
+            return None
+        for _ in range(_IOU_CROP_TRIALS):
+            low, high = _IOU_CROP_SCALE
+            scale = (low + (high - low) * torch.rand(2, generator=gen)).tolist()
+            new_w, new_h = int(width * scale[0]), int(height * scale[1])
+            if new_h == 0 or not _IOU_CROP_ASPECT[0] <= new_w / new_h <= _IOU_CROP_ASPECT[1]:
+                continue
+            where = torch.rand(2, generator=gen).tolist()
+            left, top = int((width - new_w) * where[0]), int((height - new_h) * where[1])
+            if new_w == 0:
+                continue
+            right, bottom = left + new_w, top + new_h
+            inside = ((left < centres[:, 0]) & (centres[:, 0] < right)
+                      & (top < centres[:, 1]) & (centres[:, 1] < bottom))
+            if not inside.any():
+                continue
+            window = torch.tensor([[left, top, right, bottom]], dtype=boxes.dtype)
+            if float(box_iou(boxes[inside], window).max()) < min_iou:
+                continue
+            return top, left, new_h, new_w
+    return None
+
+
+def zoom_and_crop(image: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes, augment: dict[str, Any],
+                  gen: torch.Generator) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes, torch.Tensor]:
+    """RT-DETR's RandomZoomOut, RandomIoUCrop and SanitizeBoundingBoxes(min_size=1) from the
+    validated ``augment``; every draw from ``gen``. Returns the image, the kept boxes and the keep
+    mask over the input boxes (for the labels)."""
+    keep = torch.ones(len(boxes), dtype=torch.bool)
+    if augment.get("zoom_out") is not None:
+        image, boxes = _zoom_out(image, boxes, augment["zoom_out"], gen)
+    crop = augment.get("iou_crop")
+    if crop is None or len(boxes) == 0:
+        return image, boxes, keep
+    if float(torch.rand((), generator=gen)) >= crop["p"]:
+        return image, boxes, keep
+    height, width = image.shape[-2:]
+    plain = boxes.as_subclass(torch.Tensor)
+    window = _iou_crop_window(plain, height, width, gen)
+    if window is None:
+        return image, boxes, keep
+    top, left, new_h, new_w = window
+    centres = (plain[:, :2] + plain[:, 2:]) / 2
+    inside = ((left < centres[:, 0]) & (centres[:, 0] < left + new_w)
+              & (top < centres[:, 1]) & (centres[:, 1] < top + new_h))
+    image, boxes = F.crop(image, top, left, new_h, new_w), F.crop(boxes, top, left, new_h, new_w)
+    cropped = boxes.as_subclass(torch.Tensor)
+    keep = inside & ((cropped[:, 2] - cropped[:, 0]) >= 1) & ((cropped[:, 3] - cropped[:, 1]) >= 1)
+    boxes = tv_tensors.wrap(cropped[keep], like=boxes)
+    return image, boxes, keep
 
 
 def _uniform(gen: torch.Generator, low: float, high: float) -> float:
@@ -223,11 +331,18 @@ class CocoDetection(Dataset):
         image = self.load_image(index)
         boxes = tv_tensors.BoundingBoxes(self.boxes[index].clone(), format="XYXY",
                                          canvas_size=tuple(image.shape[-2:]))
+        labels = self.labels[index].clone()
         if self.train:
+            augment = augment_for_epoch(self.augment, epoch)
+            if augment["zoom_out"] is not None or augment["iou_crop"] is not None:
+                # a generator of its own, so these never shift the flip/scale/jitter draws below
+                spatial = torch.Generator().manual_seed(derive_seed(self.seed, epoch, index, 1))
+                image, boxes, keep = zoom_and_crop(image, boxes, augment, spatial)
+                labels = labels[keep]
             gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, index))
-            image, boxes = augment_sample(image, boxes, self.augment, gen)
+            image, boxes = augment_sample(image, boxes, augment, gen)
         target = {"boxes": boxes.as_subclass(torch.Tensor).to(torch.float32),
-                  "labels": self.labels[index].clone(), "image_id": self.image_ids[index]}
+                  "labels": labels, "image_id": self.image_ids[index]}
         return F.to_dtype(image, torch.float32, scale=True).as_subclass(torch.Tensor), target
 
 

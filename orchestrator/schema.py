@@ -116,6 +116,14 @@ AUGMENT_PHOTOMETRIC: dict[str, Field] = {
     "saturation": Field(NUM, nullable=True, check=between(0, 10)),
     "hue": Field(NUM, nullable=True, check=between(0, 0.5)),
 }
+# RT-DETR's RandomZoomOut(fill=0, side_range=(1, max_scale)) and RandomIoUCrop + SanitizeBoundingBoxes.
+AUGMENT_ZOOM_OUT: dict[str, Field] = {
+    "p": Field(NUM, check=probability, doc="chance per image (default 0.5)"),
+    "max_scale": Field(NUM, check=between(1, 16), doc="canvas side up to this times the image's (default 4)"),
+}
+AUGMENT_IOU_CROP: dict[str, Field] = {
+    "p": Field(NUM, check=probability, doc="chance per image (default 0.8)"),
+}
 PARAM_GROUP: dict[str, Field] = {
     "pattern": Field(STR, check=regex, doc="regex searched in parameter names; the first matching rule wins"),
     "lr_mult": Field(NUM, default=1.0, check=between(0, 1000)),
@@ -166,6 +174,12 @@ SCHEMA: dict[str, Any] = {
             "hflip": Field(NUM, default=0.5, check=probability),
             "resize": Field(DICT, nullable=True, keys=AUGMENT_RESIZE, required=("min_size",)),
             "photometric": Field(DICT, nullable=True, keys=AUGMENT_PHOTOMETRIC),
+            "zoom_out": Field(DICT, nullable=True, keys=AUGMENT_ZOOM_OUT,
+                              doc="{p: 0.5, max_scale: 4}: paste on a black canvas up to max_scale x larger"),
+            "iou_crop": Field(DICT, nullable=True, keys=AUGMENT_IOU_CROP,
+                              doc="{p: 0.8}: SSD-style crop keeping boxes at a drawn min IoU"),
+            "stop_epoch": Field(INT, nullable=True, check=between(0, MAX_EPOCHS),
+                                doc="from this epoch on, photometric, zoom_out and iou_crop are off"),
         },
     },
     "optimizer": {

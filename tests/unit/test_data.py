@@ -223,6 +223,71 @@ def test_hflip_moves_boxes_with_the_pixels(synth):
     assert torch.allclose(tgt["boxes"], expected)
 
 
+# ---------------------------------------------------------------- zoom-out, IoU-crop, stop_epoch
+
+def _boxes(rows, size):
+    from torchvision import tv_tensors
+    return tv_tensors.BoundingBoxes(torch.tensor(rows, dtype=torch.float32), format="XYXY", canvas_size=size)
+
+
+def test_zoom_out_and_iou_crop_same_seed_same_result_and_valid_boxes():
+    from torchvision import tv_tensors
+    augment = data.validate_augment({"hflip": 0.0, "zoom_out": {"p": 1.0}, "iou_crop": {"p": 1.0}})
+    assert augment["zoom_out"] == {"p": 1.0, "max_scale": 4.0} and augment["iou_crop"] == {"p": 1.0}
+    image = tv_tensors.Image(torch.randint(1, 256, (3, 24, 32), dtype=torch.uint8,
+                                           generator=torch.Generator().manual_seed(0)))
+    rows = [[2, 2, 12, 10], [10, 8, 30, 22], [0, 0, 32, 24]]
+    shapes, cropped = set(), 0
+    for seed in range(30):
+        runs = [data.zoom_and_crop(image, _boxes(rows, (24, 32)), augment, torch.Generator().manual_seed(seed))
+                for _ in range(2)]
+        (img_a, box_a, keep_a), (img_b, box_b, keep_b) = runs
+        assert torch.equal(img_a, img_b) and torch.equal(box_a, box_b) and torch.equal(keep_a, keep_b)
+        height, width = img_a.shape[-2:]
+        plain = box_a.as_subclass(torch.Tensor)
+        assert len(plain) == int(keep_a.sum()) >= 1  # the crop keeps at least one box centre
+        assert (plain[:, 0] >= 0).all() and (plain[:, 1] >= 0).all()
+        assert (plain[:, 2] <= width).all() and (plain[:, 3] <= height).all()
+        assert ((plain[:, 2:] - plain[:, :2]) >= 1).all()
+        assert tuple(box_a.canvas_size) == (height, width)
+        shapes.add((height, width))
+        cropped += bool((~keep_a).any())
+    assert len(shapes) > 10 and cropped > 0  # sizes vary with the seed; some crops drop boxes
+    # zoom-out alone: the original pixels sit unchanged inside a black canvas, boxes moved with them
+    zoom = data.validate_augment({"hflip": 0.0, "zoom_out": {"p": 1.0, "max_scale": 3}})
+    img, box, keep = data.zoom_and_crop(image, _boxes(rows, (24, 32)), zoom, torch.Generator().manual_seed(3))
+    assert keep.all() and img.shape[-1] > 32
+    left, top = int(box[2][0]), int(box[2][1])
+    assert torch.equal(img[:, top:top + 24, left:left + 32], image)
+    assert int(img.sum()) == int(image.sum())
+    assert torch.allclose(box.as_subclass(torch.Tensor) - torch.tensor([left, top, left, top]),
+                          torch.tensor(rows, dtype=torch.float32))
+
+
+def test_iou_crop_drops_labels_with_their_boxes_and_stop_epoch_switches_at_n(synth):
+    ann, img_dir = synth["train"]["ann_file"], synth["train"]["img_dir"]
+    augment = {"hflip": 0.5, "photometric": {"brightness": 0.5}, "zoom_out": {"p": 1.0},
+               "iou_crop": {"p": 1.0}, "stop_epoch": 3}
+    ds = CocoDetection(ann, img_dir, train=True, augment=augment, seed=5)
+    same_flip = CocoDetection(ann, img_dir, train=True, augment={"hflip": 0.5}, seed=5)
+    for index in range(len(ds)):
+        for epoch in (0, 2):
+            img, tgt = ds[(index, epoch)]
+            assert len(tgt["boxes"]) == len(tgt["labels"]) >= 1
+            again = ds[(index, epoch)]
+            assert torch.equal(img, again[0]) and torch.equal(tgt["boxes"], again[1]["boxes"])
+        for epoch in (3, 4):  # from stop_epoch on only the flip (and resize) remain, with the same draws
+            img, tgt = ds[(index, epoch)]
+            ref_img, ref_tgt = same_flip[(index, epoch)]
+            assert torch.equal(img, ref_img) and torch.equal(tgt["boxes"], ref_tgt["boxes"])
+            assert torch.equal(tgt["labels"], ref_tgt["labels"])
+    assert data.augment_for_epoch(ds.augment, 2)["zoom_out"] is not None
+    assert data.augment_for_epoch(ds.augment, 3) == {**ds.augment, "photometric": None, "zoom_out": None,
+                                                      "iou_crop": None}
+    with pytest.raises(ValueError, match="valid keys"):
+        data.validate_augment({"zoom_out": {"scale": 2}})
+
+
 # ---------------------------------------------------------------- loaders
 
 def test_train_loader_checks_the_plan(synth):
