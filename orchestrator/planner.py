@@ -156,6 +156,11 @@ def make_plan(config: dict[str, Any], train_images: int, gpus: int | None = None
         max_iters = epochs * ipe
     else:
         raise PlanError("set schedule.epochs or schedule.max_iters")
+    stop_epoch = (data.get("augment") or {}).get("stop_epoch")
+    if stop_epoch is not None and stop_epoch > math.ceil(epochs):
+        raise PlanError(f"data.augment.stop_epoch = {stop_epoch} is past the run's {epochs:g} epochs, so the "
+                        f"augmentations it should stop would never stop: set it to at most {math.ceil(epochs)} "
+                        f"or null")
 
     if sched.get("milestones_iters") is not None:
         milestones = [int(m) for m in sched["milestones_iters"]]

@@ -103,6 +103,15 @@ def test_warmup_longer_than_run_is_capped_with_a_warning():
     assert any("warmup" in w for w in plan.warnings)
 
 
+def test_stop_epoch_past_the_schedule_is_refused():
+    cfg = config(schedule__epochs=12)
+    cfg["data"]["augment"]["stop_epoch"] = 13
+    with pytest.raises(PlanError, match=r"data.augment.stop_epoch = 13 is past the run's 12 epochs.*at most 12"):
+        planner.make_plan(cfg, 16, gpus=1)
+    cfg["data"]["augment"]["stop_epoch"] = 12
+    assert planner.make_plan(cfg, 16, gpus=1).epochs == 12
+
+
 def test_no_training_images_is_an_error():
     with pytest.raises(PlanError, match="no usable images"):
         planner.make_plan(config(), 0, gpus=1)
