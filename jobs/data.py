@@ -37,7 +37,7 @@ from orchestrator.schema import AUGMENT_IOU_CROP, AUGMENT_PHOTOMETRIC, AUGMENT_R
 log = logging.getLogger(__name__)
 
 DEFAULT_AUGMENT: dict[str, Any] = {"hflip": 0.5, "resize": None, "photometric": None, "zoom_out": None,
-                                   "iou_crop": None, "stop_epoch": None}
+                                   "iou_crop": None, "multiscale": None, "stop_epoch": None}
 ZOOM_OUT_DEFAULTS = {"p": 0.5, "max_scale": 4.0}  # RT-DETR's RandomZoomOut(fill=0, side_range=(1, 4))
 IOU_CROP_DEFAULTS = {"p": 0.8}                   # RT-DETR's RandomIoUCrop(p=0.8)
 # torchvision's RandomIoUCrop defaults (SSD): crop scale, aspect ratio, min-IoU options, trials
@@ -101,6 +101,11 @@ def validate_augment(augment: dict[str, Any] | None) -> dict[str, Any]:
             raise ValueError(f"data.augment.{name}.p: {value['p']!r} must be a probability in [0, 1]")
     if cfg["zoom_out"] is not None and cfg["zoom_out"]["max_scale"] < 1.0:
         raise ValueError(f"data.augment.zoom_out.max_scale: {cfg['zoom_out']['max_scale']!r} must be >= 1")
+    if cfg["multiscale"] is not None:
+        scales = cfg["multiscale"]
+        if not isinstance(scales, list) or not scales or not all(isinstance(x, int) and x > 0 for x in scales):
+            raise ValueError(f"data.augment.multiscale: {scales!r} must be a non-empty list of sizes in pixels")
+        cfg["multiscale"] = [int(x) for x in scales]
     if cfg["stop_epoch"] is not None:
         cfg["stop_epoch"] = int(cfg["stop_epoch"])
     return cfg
@@ -113,6 +118,20 @@ def augment_for_epoch(augment: dict[str, Any], epoch: int) -> dict[str, Any]:
     if stop is None or epoch < stop:
         return augment
     return {**augment, "photometric": None, "zoom_out": None, "iou_crop": None}
+
+
+def multiscale_size(augment: dict[str, Any] | None, seed: int, iteration: int, iters_per_epoch: int) -> int | None:
+    """The input size (px) of global step ``iteration``'s training batch, drawn from
+    ``augment["multiscale"]`` with a generator seeded by ``(seed, epoch, step)``: every rank draws
+    the same, and a resume draws what the run would have. None (the model's own size) when
+    multi-scale is off or from ``augment["stop_epoch"]`` on (RT-DETR's collate stops there too)."""
+    sizes = (augment or {}).get("multiscale")
+    epoch, step = divmod(int(iteration), int(iters_per_epoch))
+    stop = (augment or {}).get("stop_epoch")
+    if not sizes or (stop is not None and epoch >= stop):
+        return None
+    gen = torch.Generator().manual_seed(derive_seed(seed, epoch, step, 2))
+    return int(sizes[int(torch.randint(len(sizes), (), generator=gen))])
 
 
 def _zoom_out(image: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes, cfg: dict[str, float],

@@ -189,15 +189,16 @@ class DetrAdapter:
     def num_labels(num_classes_with_background: int) -> int:
         return num_classes_with_background - 1  # DETRs model "no object" themselves
 
-    def inputs(self, images: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        pre = preprocess(images, self.rule, self.size, self.max_size)
+    def inputs(self, images: Sequence[torch.Tensor], size: int | None = None) -> dict[str, torch.Tensor]:
+        pre = preprocess(images, self.rule, size or self.size, self.max_size)
         return {"pixel_values": pre.pixel_values} if pre.pixel_mask is None else \
             {"pixel_values": pre.pixel_values, "pixel_mask": pre.pixel_mask}
 
     def forward_train(self, model: torch.nn.Module, images: Sequence[torch.Tensor],
-                      targets: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+                      targets: Sequence[dict[str, Any]], size: int | None = None) -> dict[str, torch.Tensor]:
+        """``size``: this batch's multi-scale size (data.augment.multiscale), else the model's."""
         sizes = [tuple(img.shape[-2:]) for img in images]
-        outputs = model(**self.inputs(images), labels=to_hf_targets(targets, sizes))
+        outputs = model(**self.inputs(images, size), labels=to_hf_targets(targets, sizes))
         config = getattr(model, "module", model).config  # DDP wraps the HF model
         return grouped_losses(outputs.loss_dict, self.rule, config)
 

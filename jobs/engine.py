@@ -184,7 +184,10 @@ class Trainer:
         self.ddp_model.train()
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.use_amp else contextlib.nullcontext()
         with autocast:
-            loss_dict = self.adapter.forward_train(self.ddp_model, images, targets)
+            scale = data_mod.multiscale_size(self.config["data"].get("augment"), int(self.config["seed"]),
+                                             self.iteration, self.plan["iters_per_epoch"])
+            loss_dict = (self.adapter.forward_train(self.ddp_model, images, targets) if scale is None else
+                         self.adapter.forward_train(self.ddp_model, images, targets, size=scale))
         loss = sum(loss_dict.values())
         # one collective per step: did any rank see a non-finite loss or a stop signal?
         nonfinite, stop = dist_mod.all_reduce_max(

@@ -156,6 +156,10 @@ def make_plan(config: dict[str, Any], train_images: int, gpus: int | None = None
         max_iters = epochs * ipe
     else:
         raise PlanError("set schedule.epochs or schedule.max_iters")
+    if (data.get("augment") or {}).get("multiscale") and not modelspec.is_detr(config["model"]["name"]):
+        raise PlanError(f"data.augment.multiscale: {config['model']['name']} resizes inside the model, so a "
+                        f"per-batch size does not apply to it; use data.augment.resize={{min_size: [...]}} "
+                        f"(a size per image) or remove data.augment.multiscale")
     stop_epoch = (data.get("augment") or {}).get("stop_epoch")
     if stop_epoch is not None and stop_epoch > math.ceil(epochs):
         raise PlanError(f"data.augment.stop_epoch = {stop_epoch} is past the run's {epochs:g} epochs, so the "

@@ -178,8 +178,11 @@ SCHEMA: dict[str, Any] = {
                               doc="{p: 0.5, max_scale: 4}: paste on a black canvas up to max_scale x larger"),
             "iou_crop": Field(DICT, nullable=True, keys=AUGMENT_IOU_CROP,
                               doc="{p: 0.8}: SSD-style crop keeping boxes at a drawn min IoU"),
+            "multiscale": Field(LIST, nullable=True, check=sizes,
+                                doc="[480, 512, ..., 800]: each training batch's size drawn from the list "
+                                    "(transformer detectors; seeded by seed, epoch, step; off from stop_epoch)"),
             "stop_epoch": Field(INT, nullable=True, check=between(0, MAX_EPOCHS),
-                                doc="from this epoch on, photometric, zoom_out and iou_crop are off"),
+                                doc="from this epoch on, photometric, zoom_out, iou_crop and multiscale are off"),
         },
     },
     "optimizer": {

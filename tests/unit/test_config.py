@@ -170,6 +170,8 @@ def test_fast_commands_do_not_import_torch(layered):
     ("data.augment.zoom_out={max_scale: 0.5}", ["data.augment.zoom_out.max_scale = 0.5", "must be >= 1"]),
     ("data.augment.iou_crop={prob: 0.8}", ["data.augment.iou_crop.prob", "did you mean 'data.augment.iou_crop.p'"]),
     ("data.augment.stop_epochs=71", ["data.augment.stop_epochs", "did you mean 'data.augment.stop_epoch'"]),
+    ("data.augment.multiscale=[480, 0]", ["data.augment.multiscale = [480, 0]", "size in pixels"]),
+    ("data.augment.multiscal=[480]", ["did you mean 'data.augment.multiscale'"]),
     ("data.augment.stop_epoch=-1", ["data.augment.stop_epoch = -1", "must be >= 0"]),
     ("optimizer.param_groups=[{patern: backbone}]",
      ["optimizer.param_groups[0].patern", "did you mean 'optimizer.param_groups[0].pattern'"]),

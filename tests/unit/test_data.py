@@ -288,6 +288,31 @@ def test_iou_crop_drops_labels_with_their_boxes_and_stop_epoch_switches_at_n(syn
         data.validate_augment({"zoom_out": {"scale": 2}})
 
 
+def test_multiscale_size_sequence_is_the_same_on_every_rank_and_after_a_resume():
+    import subprocess
+    import sys
+
+    augment = {"multiscale": [480, 512, 544, 576], "stop_epoch": 3}
+    ipe, seed = 5, 7
+    state = torch.get_rng_state()
+    run = [data.multiscale_size(augment, seed, it, ipe) for it in range(20)]
+    assert torch.equal(state, torch.get_rng_state())  # drawn from its own generator, not the global RNG
+    assert set(run[:15]) <= {480, 512, 544, 576} and len(set(run[:15])) > 1
+    assert run[15:] == [None] * 5  # epoch 3 = stop_epoch: the model's own size again
+    # another rank is another process, with its own RNG history: it draws the same sizes
+    code = ("import torch, json; torch.manual_seed(123); torch.rand(9); from jobs import data; "
+            f"print(json.dumps([data.multiscale_size({augment!r}, {seed}, it, {ipe}) for it in range(20)]))")
+    other_rank = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert json.loads(other_rank) == run
+    # a resume at step k draws what the uninterrupted run drew
+    for k in (3, 7):
+        torch.rand(5)
+        assert [data.multiscale_size(augment, seed, it, ipe) for it in range(k, 20)] == run[k:]
+    assert data.multiscale_size({"multiscale": None}, seed, 0, ipe) is None
+    assert data.multiscale_size({"multiscale": [480]}, seed, 99, ipe) == 480
+    assert [data.multiscale_size({"multiscale": [480, 800]}, s, 0, ipe) for s in range(20)] != [480] * 20
+
+
 # ---------------------------------------------------------------- loaders
 
 def test_train_loader_checks_the_plan(synth):

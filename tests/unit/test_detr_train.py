@@ -169,6 +169,31 @@ def test_a_tiny_rt_detr_run_trains_saves_its_ema_and_evaluates_12_numbers(tmp_pa
     assert result["stats"] == pytest.approx(status["eval"]) and result["num_detections"] > 0
 
 
+def test_multiscale_training_feeds_each_batch_at_its_drawn_size(tmp_path):
+    from jobs import data
+
+    run_dir, trainer = _trainer(tmp_path, "ms", ["data.augment.multiscale=[64, 96, 160]"])
+    seen: list[tuple[int, int]] = []
+    original = trainer.adapter.inputs
+
+    def spy(images, size=None):
+        out = original(images, size)
+        seen.append(tuple(out["pixel_values"].shape[-2:]))
+        return out
+    trainer.adapter.inputs = spy
+    try:
+        trainer.resume_or_load()
+        assert trainer.train() == "COMPLETED"
+    finally:
+        trainer.close()
+    augment = trainer.config["data"]["augment"]
+    drawn = [data.multiscale_size(augment, trainer.config["seed"], it, trainer.plan["iters_per_epoch"])
+             for it in range(3)]
+    assert all(s in (64, 96, 160) for s in drawn)
+    assert seen[:3] == [(s, s) for s in drawn]  # the training steps; then eval at the model's 128
+    assert seen[3:] and all(shape == (128, 128) for shape in seen[3:])
+
+
 @pytest.mark.parametrize("form", ["state_dict", "hf_folder"])
 def test_init_checkpoint_loads_before_training_and_never_on_resume(tmp_path, caplog, form):
     import shutil

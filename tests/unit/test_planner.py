@@ -112,6 +112,15 @@ def test_stop_epoch_past_the_schedule_is_refused():
     assert planner.make_plan(cfg, 16, gpus=1).epochs == 12
 
 
+def test_multiscale_is_refused_for_models_that_resize_inside():
+    cfg = config(schedule__epochs=12)
+    cfg["data"]["augment"]["multiscale"] = [480, 512]
+    with pytest.raises(PlanError, match=r"data.augment.multiscale: ssdlite320_mobilenet_v3_large resizes inside"):
+        planner.make_plan(cfg, 16, gpus=1)
+    cfg["model"]["name"] = "rtdetr_v2_r18vd"
+    assert planner.make_plan(cfg, 16, gpus=1).epochs == 12
+
+
 def test_no_training_images_is_an_error():
     with pytest.raises(PlanError, match="no usable images"):
         planner.make_plan(config(), 0, gpus=1)
