@@ -69,6 +69,13 @@ def test_the_rtdetr_v2_r18vd_config_carries_the_published_recipe(capsys):
     assert (opt["weight_decay"], opt["norm_weight_decay"], opt["clip_grad_norm"]) == (0.0001, 0, 0.1)
     assert model["ema"] == {"decay": 0.9999, "warmup_iters": 2000} and model["min_size"] == 640
     assert data["schedule"]["warmup_iters"] == 2000 and data["data"]["total_batch_size"] == 16
+    augment = data["data"]["augment"]
+    assert augment["zoom_out"] == {"p": 0.5, "max_scale": 4} and augment["iou_crop"] == {"p": 0.8}
+    assert augment["stop_epoch"] == 117 and augment["multiscale"] is None  # r18vd: collate scales ~
+    r50 = config.load_config(os.path.join(ROOT, "configs", "rtdetr_v2_r50vd.yml")).data["data"]["augment"]
+    assert r50["stop_epoch"] == 71 and r50["multiscale"][0] == 480 and r50["multiscale"].count(640) == 3
+    dfine = config.load_config(os.path.join(ROOT, "configs", "dfine_s.yml")).data["data"]["augment"]
+    assert dfine["stop_epoch"] == 120 and dfine["multiscale"].count(640) == 20 and len(dfine["multiscale"]) == 30
     # DETRs are not scaled linearly: a total batch of 8 still trains at 1e-4
     small = config.load_config(os.path.join(ROOT, "configs", "rtdetr_v2_r18vd.yml"), ["data.total_batch_size=8"])
     plan = runs.build_plan(small.data, gpus=2, train_images=1000)
