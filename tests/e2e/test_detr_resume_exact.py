@@ -1,4 +1,5 @@
-"""A tiny RT-DETRv2 with an EMA of its weights in orch's loop: a 2-process gloo run interrupted
+"""A tiny RT-DETRv2 with an EMA of its weights and the published augmentation (zoom-out, IoU-crop,
+multi-scale batches, stop epoch) in orch's loop: a 2-process gloo run interrupted
 mid-epoch and resumed ends bitwise equal to the uninterrupted run (weights and EMA), the loss falls
 and eval runs."""
 import json
@@ -26,7 +27,11 @@ def detr_extra():
             "optimizer.lr_scaling=none", "optimizer.weight_decay=0.0001", "optimizer.norm_weight_decay=0",
             "optimizer.clip_grad_norm=0.1", "optimizer.param_groups=[{pattern: backbone, lr_mult: 0.1}]",
             "schedule.warmup_iters=2", "schedule.lr_policy=constant", "schedule.max_iters=12",
-            "schedule.checkpoint_every_iters=4", "schedule.eval_every_iters=6", "data.batch_per_gpu=2"]
+            "schedule.checkpoint_every_iters=4", "schedule.eval_every_iters=6", "data.batch_per_gpu=2",
+            # the published recipe's augmentation, resumed exactly too: off from epoch 2 (iteration 8)
+            "data.augment.zoom_out={p: 0.5, max_scale: 2}", "data.augment.iou_crop={p: 0.8}",
+            "data.augment.photometric={brightness: 0.125, contrast: 0.5}",
+            "data.augment.multiscale=[96, 128, 160]", "data.augment.stop_epoch=2"]
     # 16 images / (2 x 2) = 4 iterations per epoch
 
 
