@@ -18,11 +18,11 @@ pytestmark = pytest.mark.e2e
 pytest.importorskip("transformers")
 
 
-def detr_extra():
+def detr_extra(name="rtdetr_v2_r18vd"):
     from orchestrator.detr_table import tiny_overrides
 
-    kwargs = yaml.safe_dump(tiny_overrides("rtdetr_v2_r18vd"), default_flow_style=True).strip()
-    return ["model.name=rtdetr_v2_r18vd", "model.min_size=128", "model.max_size=128", f"model.kwargs={kwargs}",
+    kwargs = yaml.safe_dump(tiny_overrides(name), default_flow_style=True).strip()
+    return [f"model.name={name}", "model.min_size=128", "model.max_size=128", f"model.kwargs={kwargs}",
             "model.ema={decay: 0.99, warmup_iters: 5}", "optimizer.name=adamw", "optimizer.base_lr=0.0002",
             "optimizer.lr_scaling=none", "optimizer.weight_decay=0.0001", "optimizer.norm_weight_decay=0",
             "optimizer.clip_grad_norm=0.1", "optimizer.param_groups=[{pattern: backbone, lr_mult: 0.1}]",
@@ -107,3 +107,26 @@ def test_tiny_dfine_trains_from_scratch_with_orch_submit_local(data_root, tmp_pa
     assert len(status["eval"]) == 12
     losses = [r["loss"] for r in map(json.loads, open(os.path.join(run_dir, "metrics.jsonl"))) if r["type"] == "train"]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+
+
+def test_tiny_dfine_preempted_and_resumed_is_bitwise_identical_ema_included(data_root, tmp_path):
+    """The same exact resume for D-FINE (its FDR/GO-LSD losses and distillation included)."""
+    ref_dir = make_run(str(tmp_path / "ref"), "ref", data_root, extra=detr_extra("dfine_n"))
+    result = torchrun(ref_dir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert read_status(ref_dir)["state"] == "COMPLETED"
+    run_dir = make_run(str(tmp_path / "new"), "preempted", data_root, extra=detr_extra("dfine_n"))
+    launcher = subprocess.Popen([sys.executable, "-m", "jobs.launch", run_dir], cwd=ROOT, env=env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: read_status(run_dir).get("iteration", 0) >= 2, 300, "iteration 2")
+    launcher.send_signal(signal.SIGUSR2)
+    out, _ = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, out[-4000:]
+    assert "checkpointed at iteration" in out and "resumed from" in out, out[-4000:]
+    stopped_at = int(out.split("checkpointed at iteration ")[1].split(";")[0])
+    assert 2 <= stopped_at < 12
+    assert train_iterations(run_dir) == list(range(1, 13))
+    ref, new = checkpoint(ref_dir), checkpoint(run_dir)
+    assert_bitwise_equal(ref["model"], new["model"])
+    assert_bitwise_equal(ref["ema"]["module"], new["ema"]["module"])
+    assert ref["ema"]["updates"] == new["ema"]["updates"] == 12
