@@ -7,7 +7,11 @@ and BatchNorm statistic of its EMA copy a seeded random value and writes CHECKPO
 official solver's ``state_dict()`` does (date, last_epoch, model, ema {module, updates}, optimizer,
 lr_scheduler, lr_warmup_scheduler, ...), with ``model`` left at its initial weights so that a
 loader taking ``model`` instead of ``ema`` is caught. OUTPUTS holds one seeded image and the EMA
-model's eval-mode ``pred_logits`` / ``pred_boxes`` for it.
+model's eval-mode ``pred_logits`` / ``pred_boxes`` for it. With ``--image FILE --detections OUT``,
+OUT also gets the detections for FILE as the official deploy script
+(``references/deploy/rtdetrv2_torch.py``) makes them: PIL -> ``Resize((PX, PX))`` -> ``ToTensor``,
+the deploy-mode model and ``RTDETRPostProcessor`` with ``orig_target_sizes`` = (w, h) -> labels
+(0-based), boxes (xyxy px of FILE) and scores, best first.
 """
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("outputs")
     parser.add_argument("--size", type=int, default=320)
+    parser.add_argument("--image", help="an image file to detect objects in, as the deploy script does")
+    parser.add_argument("--detections", help="where to write the detections for --image")
     args = parser.parse_args()
     sys.path.insert(0, os.path.abspath(args.rtdetr_dir))
     from src.core import YAMLConfig   # the official code's own config loader
@@ -64,6 +70,25 @@ def main() -> None:
         out = ema.module.eval()(image)
     torch.save({"image": image, "pred_logits": out["pred_logits"], "pred_boxes": out["pred_boxes"]}, args.outputs)
     assert model is not ema.module
+    if args.image:
+        detect(config, ema.module, args.image, args.size, args.detections)
+
+
+def detect(config, module: torch.nn.Module, image_file: str, size: int, out: str) -> None:
+    """references/deploy/rtdetrv2_torch.py's steps, on ``module`` (the EMA weights it loads)."""
+    import torchvision.transforms as T
+    from PIL import Image
+
+    model = module.deploy()
+    postprocessor = config.postprocessor.deploy()
+    im_pil = Image.open(image_file).convert("RGB")
+    w, h = im_pil.size
+    orig_size = torch.tensor([w, h])[None]
+    im_data = T.Compose([T.Resize((size, size)), T.ToTensor()])(im_pil)[None]
+    with torch.no_grad():
+        labels, boxes, scores = postprocessor(model(im_data), orig_size)
+    order = scores[0].argsort(descending=True)
+    torch.save({"labels": labels[0][order], "boxes": boxes[0][order], "scores": scores[0][order]}, out)
 
 
 if __name__ == "__main__":
