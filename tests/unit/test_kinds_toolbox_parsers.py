@@ -37,9 +37,10 @@ def run_python(code: str, cwd: str | None = None) -> dict:
 def test_ultralytics_reads_the_yolo_arguments_with_their_types():
     doc = plan_doc_for(TRAINERS["ultralytics"], gpus=4)
     argv = kinds.get("ultralytics").node_command(doc, node(0, 1)).argv
-    assert argv[:3] == ["yolo", "detect", "train"]
+    # orch's wrapper (it adds the preemption callback) takes `yolo`'s own arguments
+    assert argv[1:5] == ["-m", "jobs.ultralytics_train", "detect", "train"]
     code = ("import json, sys; from ultralytics.cfg import get_cfg, parse_key_value_pair\n"
-            f"pairs = dict(parse_key_value_pair(a) for a in {argv[3:]!r})\n"
+            f"pairs = dict(parse_key_value_pair(a) for a in {argv[5:]!r})\n"
             "cfg = get_cfg(overrides=pairs)\n"  # validates names and types like `yolo` does
             "print(json.dumps({k: getattr(cfg, k) for k in pairs}, default=str))")
     got = run_python(code)
