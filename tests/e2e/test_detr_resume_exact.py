@@ -64,8 +64,9 @@ def test_tiny_rt_detr_trains_its_loss_falls_and_eval_gives_12_numbers(reference)
     assert checkpoint(reference)["ema"]["updates"] == 12
 
 
-def test_preempted_and_resumed_is_bitwise_identical_ema_included(reference, data_root, tmp_path):
-    run_dir = make_run(str(tmp_path), "preempted", data_root, extra=detr_extra())
+def preempt_resume_and_compare(reference: str, run_dir: str) -> None:
+    """USR2 to the launcher at iteration >= 2: it checkpoints, restarts, resumes; every iteration runs once and
+    the final weights and EMA equal the uninterrupted reference's bit for bit."""
     launcher = subprocess.Popen([sys.executable, "-m", "jobs.launch", run_dir], cwd=ROOT, env=env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(lambda: read_status(run_dir).get("iteration", 0) >= 2, 300, "iteration 2")
@@ -80,6 +81,11 @@ def test_preempted_and_resumed_is_bitwise_identical_ema_included(reference, data
     assert_bitwise_equal(ref["model"], new["model"])
     assert_bitwise_equal(ref["ema"]["module"], new["ema"]["module"])
     assert ref["ema"]["updates"] == new["ema"]["updates"] == 12
+
+
+def test_preempted_and_resumed_is_bitwise_identical_ema_included(reference, data_root, tmp_path):
+    run_dir = make_run(str(tmp_path), "preempted", data_root, extra=detr_extra())
+    preempt_resume_and_compare(reference, run_dir)
     ref_eval = [r for r in map(json.loads, open(os.path.join(reference, "metrics.jsonl"))) if r["type"] == "eval"]
     new_eval = [r for r in map(json.loads, open(os.path.join(run_dir, "metrics.jsonl"))) if r["type"] == "eval"]
     assert ref_eval == new_eval and len(ref_eval) == 2
@@ -116,17 +122,4 @@ def test_tiny_dfine_preempted_and_resumed_is_bitwise_identical_ema_included(data
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert read_status(ref_dir)["state"] == "COMPLETED"
     run_dir = make_run(str(tmp_path / "new"), "preempted", data_root, extra=detr_extra("dfine_n"))
-    launcher = subprocess.Popen([sys.executable, "-m", "jobs.launch", run_dir], cwd=ROOT, env=env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: read_status(run_dir).get("iteration", 0) >= 2, 300, "iteration 2")
-    launcher.send_signal(signal.SIGUSR2)
-    out, _ = launcher.communicate(timeout=600)
-    assert launcher.returncode == 0, out[-4000:]
-    assert "checkpointed at iteration" in out and "resumed from" in out, out[-4000:]
-    stopped_at = int(out.split("checkpointed at iteration ")[1].split(";")[0])
-    assert 2 <= stopped_at < 12
-    assert train_iterations(run_dir) == list(range(1, 13))
-    ref, new = checkpoint(ref_dir), checkpoint(run_dir)
-    assert_bitwise_equal(ref["model"], new["model"])
-    assert_bitwise_equal(ref["ema"]["module"], new["ema"]["module"])
-    assert ref["ema"]["updates"] == new["ema"]["updates"] == 12
+    preempt_resume_and_compare(ref_dir, run_dir)
