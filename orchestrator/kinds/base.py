@@ -193,6 +193,17 @@ def numbered_files(folder: str, pattern: str) -> list[str]:
     return [storage.join(folder, name) for _, name in sorted(found, reverse=True)]
 
 
+def checked_settings(config: dict[str, Any], kind: str, keys: dict[str, Field], required: Iterable[str],
+                     reserved: dict[str, str], passthrough: str, source: str) -> dict[str, Any]:
+    """A toolbox kind's common checks: its keys (did-you-mean), a local work_dir, and no key of its
+    pass-through mapping (``trainer.<passthrough>``) that orch sets from its plan. Returns the settings."""
+    check_keys(config.get("trainer") or {}, kind, keys, required, source)
+    require_local_work_dir(config, kind, source)
+    trainer = settings(config, keys)
+    refuse_reserved(trainer[passthrough], reserved, f"{source}: trainer.{passthrough}", kind)
+    return trainer
+
+
 def refuse_reserved(user_keys: Iterable[str], reserved: dict[str, str], where: str, kind: str) -> None:
     """A toolbox key that orch sets from its plan may not be set again in the pass-through keys."""
     for key in user_keys:

@@ -48,10 +48,7 @@ def output_dir(run_dir: str) -> str:
 
 
 def check(config: dict[str, Any], plan: dict[str, Any], source: str = "the config") -> None:
-    base.check_keys(config.get("trainer") or {}, NAME, KEYS, REQUIRED, source)
-    base.require_local_work_dir(config, NAME, source)
-    trainer = base.settings(config, KEYS)
-    base.refuse_reserved(trainer["overrides"], RESERVED, f"{source}: trainer.overrides", NAME)
+    trainer = base.checked_settings(config, NAME, KEYS, REQUIRED, RESERVED, "overrides", source)
     if base.use_cpu(config) and plan["gpus"] > 1:
         raise KindError(f"detectron2's launch starts NCCL processes, which need GPUs, but resources.use_cpu is set "
                         f"with {plan['gpus']} processes; use --gpus 1 on CPU, or GPUs without resources.use_cpu")

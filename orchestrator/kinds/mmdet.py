@@ -68,10 +68,7 @@ def output_dir(run_dir: str) -> str:
 
 
 def check(config: dict[str, Any], plan: dict[str, Any], source: str = "the config") -> None:
-    base.check_keys(config.get("trainer") or {}, NAME, KEYS, REQUIRED, source)
-    base.require_local_work_dir(config, NAME, source)
-    trainer = base.settings(config, KEYS)
-    base.refuse_reserved(trainer["cfg_options"], RESERVED, f"{source}: trainer.cfg_options", NAME)
+    trainer = base.checked_settings(config, NAME, KEYS, REQUIRED, RESERVED, "cfg_options", source)
     for key, value in trainer["cfg_options"].items():
         # mmengine's DictAction deletes spaces from a value and splits it at commas
         if isinstance(value, str) and (any(ch.isspace() for ch in value) or "," in value):

@@ -52,10 +52,7 @@ def output_dir(run_dir: str) -> str:
 
 
 def check(config: dict[str, Any], plan: dict[str, Any], source: str = "the config") -> None:
-    base.check_keys(config.get("trainer") or {}, NAME, KEYS, REQUIRED, source)
-    base.require_local_work_dir(config, NAME, source)
-    trainer = base.settings(config, KEYS)
-    base.refuse_reserved(trainer["args"], RESERVED, f"{source}: trainer.args", NAME)
+    trainer = base.checked_settings(config, NAME, KEYS, REQUIRED, RESERVED, "args", source)
     if base.use_cpu(config) and plan["gpus"] > 1:
         raise KindError(f"the official RT-DETR code fails under torchrun on CPU (its DDP wrapper passes GPU device "
                         f"ids), but resources.use_cpu is set with {plan['gpus']} processes; use --gpus 1 on CPU, "

@@ -57,10 +57,7 @@ def dataset_dir(run_dir: str) -> str:
 
 
 def check(config: dict[str, Any], plan: dict[str, Any], source: str = "the config") -> None:
-    trainer = base.settings(config, KEYS)
-    base.check_keys(config.get("trainer") or {}, NAME, KEYS, REQUIRED, source)
-    base.require_local_work_dir(config, NAME, source)
-    base.refuse_reserved(trainer["args"], RESERVED, f"{source}: trainer.args", NAME)
+    trainer = base.checked_settings(config, NAME, KEYS, REQUIRED, RESERVED, "args", source)
     train = (config.get("data") or {}).get("train") or {}
     if not train.get("ann_file") or not train.get("img_dir"):
         raise KindError(f"{source}: trainer kind 'ultralytics' trains on the config's data: set data.train.ann_file "
